@@ -1,0 +1,173 @@
+"""A repository in a local directory (a disk, a removable drive, a mounted share).
+
+Layout and habits are restic's (spec §16.1): packs sharded into ``data/xx/``, every file
+written to a temporary name in its target directory, fsynced, renamed into place, the
+directory fsynced, and the file made read-only. A crash therefore leaves either no file or
+a complete one; stray temporary files are never listed because their names are not IDs.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat as stat_mod
+from collections.abc import Iterator
+from pathlib import Path
+
+from cairn.backend.base import DIR_TYPES, Backend, FileInfo, FileType, Handle, is_id_name
+from cairn.errors import AlreadyExistsError, BackendError, NotFoundError
+
+
+class LocalBackend(Backend):
+    """Files under one directory."""
+
+    connections = 2
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.root = Path(os.path.abspath(os.fspath(path)))
+        self.location = str(self.root)
+        self._file_mode, self._dir_mode = self._modes()
+
+    def _modes(self) -> tuple[int, int]:
+        """Group-readable config means a shared repository (0660/0770), as restic does."""
+        try:
+            mode = (self.root / "config").stat().st_mode
+        except OSError:
+            return 0o600, 0o700
+        if mode & stat_mod.S_IRGRP:
+            return 0o660, 0o770
+        return 0o600, 0o700
+
+    def _path(self, handle: Handle) -> Path:
+        return self.root / handle.relpath()
+
+    def create(self) -> None:
+        if (self.root / "config").exists():
+            raise AlreadyExistsError(f"{self.location}: a repository already exists here")
+        try:
+            self.root.mkdir(mode=self._dir_mode, parents=True, exist_ok=True)
+            for t in DIR_TYPES:
+                (self.root / t.value).mkdir(mode=self._dir_mode, exist_ok=True)
+            for i in range(256):
+                (self.root / "data" / f"{i:02x}").mkdir(mode=self._dir_mode, exist_ok=True)
+        except OSError as e:
+            raise BackendError(f"cannot create repository at {self.location}: {e.strerror}") from e
+
+    def save(self, handle: Handle, data: bytes | bytearray | memoryview) -> None:
+        final = self._path(handle)
+        if handle.type is not FileType.CONFIG and final.exists():
+            raise AlreadyExistsError(f"{handle} already exists")
+        tmp = final.with_name(f"{final.name}-tmp-{secrets.token_hex(8)}")
+        try:
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self._file_mode)
+            except FileNotFoundError:
+                final.parent.mkdir(mode=self._dir_mode, parents=True, exist_ok=True)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self._file_mode)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+            self._fsync_dir(final.parent)
+            os.chmod(final, self._file_mode & ~0o222)
+        except OSError as e:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise self._error(e, handle, "save") from e
+
+    @staticmethod
+    def _fsync_dir(path: Path) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            # Some file systems (e.g. certain FUSE or network mounts) refuse directory fsync.
+            if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+                raise
+        finally:
+            os.close(fd)
+
+    def load(self, handle: Handle, offset: int = 0, length: int | None = None) -> bytes:
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError("offset and length must not be negative")
+        try:
+            with open(self._path(handle), "rb", buffering=0) as f:
+                if offset:
+                    f.seek(offset)
+                data = f.read() if length is None else _read_exact(f, length)
+        except OSError as e:
+            raise self._error(e, handle, "load") from e
+        if length is not None and len(data) != length:
+            raise BackendError(
+                f"{handle}: short read ({len(data)} of {length} bytes at offset {offset})"
+            )
+        return data
+
+    def stat(self, handle: Handle) -> int:
+        try:
+            return self._path(handle).stat().st_size
+        except OSError as e:
+            raise self._error(e, handle, "stat") from e
+
+    def list(self, file_type: FileType) -> Iterator[FileInfo]:
+        if file_type is FileType.CONFIG:
+            raise ValueError("config is not listed")
+        base = self.root / file_type.value
+        dirs = [base]
+        if file_type is FileType.PACK:
+            try:
+                dirs = [base / d.name for d in os.scandir(base) if d.is_dir()]
+            except FileNotFoundError:
+                return
+            except OSError as e:
+                raise BackendError(f"cannot list {base}: {e.strerror}") from e
+        for d in dirs:
+            try:
+                entries = list(os.scandir(d))
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise BackendError(f"cannot list {d}: {e.strerror}") from e
+            for entry in entries:
+                if is_id_name(entry.name) and entry.is_file(follow_symlinks=False):
+                    try:
+                        size = entry.stat(follow_symlinks=False).st_size
+                    except FileNotFoundError:
+                        continue  # removed while listing
+                    yield FileInfo(entry.name, size)
+
+    def remove(self, handle: Handle) -> None:
+        try:
+            os.unlink(self._path(handle))
+        except OSError as e:
+            raise self._error(e, handle, "remove") from e
+
+    def _error(self, e: OSError, handle: Handle, what: str) -> BackendError:
+        if isinstance(e, FileNotFoundError):
+            return NotFoundError(f"{handle} does not exist in {self.location}")
+        return BackendError(f"cannot {what} {handle} in {self.location}: {e.strerror or e}")
+
+
+def _read_exact(f: object, length: int) -> bytes:
+    """Read until ``length`` bytes or EOF (raw file objects may return short reads)."""
+    read = f.read  # type: ignore[attr-defined]
+    chunks = []
+    remaining = length
+    while remaining > 0:
+        chunk = read(remaining)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
