@@ -1,0 +1,483 @@
+"""The backup pipeline: walk, detect changes against the parent, chunk, store, build trees.
+
+Threads and why:
+- the calling thread walks directories (metadata work, cheap per entry);
+- ``read_concurrency`` reader threads open changed files and cut them into chunks (the C
+  chunker releases the GIL);
+- ``blob_workers`` threads hash, compress and encrypt each chunk and add it to a pack
+  (SHA-256, zstd and AES all release the GIL), so even one large file keeps both cores busy.
+A byte budget bounds the chunks in flight, so memory does not grow with file size.
+
+A directory's tree is written by whichever thread finishes its last child, so the walk never
+waits at directory boundaries.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from cairn.archiver.fsmeta import node_from_stat
+from cairn.archiver.select import Selector
+from cairn.archiver.targets import Target, VirtualDir
+from cairn.chunker import Chunker
+from cairn.errors import CairnError, Interrupted
+from cairn.repo.ids import BlobType, blob_id
+from cairn.repo.node import Node
+from cairn.repo.repository import Repository
+
+
+@dataclass
+class BackupStats:
+    """Counters in restic's summary vocabulary."""
+
+    files_new: int = 0
+    files_changed: int = 0
+    files_unmodified: int = 0
+    dirs_new: int = 0
+    dirs_changed: int = 0
+    dirs_unmodified: int = 0
+    data_blobs: int = 0
+    tree_blobs: int = 0
+    data_added: int = 0
+    data_added_packed: int = 0
+    total_files_processed: int = 0
+    total_bytes_processed: int = 0
+    #: Bytes actually read from changed/new files (unmodified files are not read).
+    bytes_read: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Progress:
+    """What a progress display needs; updated by the pipeline, read by a ticker."""
+
+    files_done: int = 0
+    bytes_done: int = 0
+    current: str = ""
+
+
+class _ByteBudget:
+    """A counting semaphore over bytes: bounds chunk data queued for the blob workers."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.cond = threading.Condition()
+
+    def acquire(self, n: int) -> None:
+        with self.cond:
+            # A single chunk larger than the limit may still pass when nothing else is queued.
+            while self.used and self.used + n > self.limit:
+                self.cond.wait()
+            self.used += n
+
+    def release(self, n: int) -> None:
+        with self.cond:
+            self.used -= n
+            self.cond.notify_all()
+
+
+class _DirJob:
+    """A directory being built: its nodes, and how many children are still outstanding."""
+
+    __slots__ = ("nodes", "pending", "parent", "node", "old_subtree", "lock")
+
+    def __init__(self, parent: _DirJob | None, node: Node | None, old_subtree: bytes | None):
+        self.nodes: list[Node] = []
+        self.pending = 1  # the walker's own reference until the listing is complete
+        self.parent = parent
+        self.node = node  # this directory's node in its parent (None for the root)
+        self.old_subtree = old_subtree
+        self.lock = threading.Lock()
+
+
+WarnFn = Callable[[str], None]
+
+
+class Archiver:
+    """Builds one snapshot tree from the targets; returns the root tree ID."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        selector: Selector,
+        *,
+        parent_tree: bytes | None = None,
+        dry_run: bool = False,
+        read_concurrency: int = 2,
+        blob_workers: int | None = None,
+        warn: WarnFn | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.repo = repo
+        self.selector = selector
+        self.parent_tree = parent_tree
+        self.dry_run = dry_run
+        self.warn_fn = warn
+        self.stats = BackupStats()
+        self.progress = progress or Progress()
+        self.chunker = Chunker(repo.config.chunker_polynomial)
+        self._stats_lock = threading.Lock()
+        self._readers = ThreadPoolExecutor(max(1, read_concurrency), "cairn-read")
+        self._blobs = ThreadPoolExecutor(blob_workers or (os.cpu_count() or 2), "cairn-blob")
+        # Enough queued chunk data to keep every blob worker busy, but bounded.
+        self._budget = _ByteBudget(64 << 20)
+        self._files_in_flight = threading.BoundedSemaphore(4 * max(1, read_concurrency) + 16)
+        self._fatal: BaseException | None = None
+        self._done = threading.Event()
+        self._root_tree: bytes | None = None
+        self._dry_run_ids: set[bytes] = set()
+        self._hardlinks: dict[tuple[int, int], tuple[list[bytes], int]] = {}
+        self._tree_cache: dict[bytes, dict[bytes, Node]] = {}
+        self.interrupted = threading.Event()
+
+    # -- public -------------------------------------------------------------
+
+    def run(self, layout: VirtualDir) -> bytes:
+        """Back up ``layout``; returns the root tree ID (everything is queued for upload;
+        the caller flushes the repository before writing the snapshot)."""
+        try:
+            root = _DirJob(None, None, self.parent_tree)
+            stack: list[tuple[_DirJob, VirtualDir | Target, bytes | None]] = []
+            if layout.target is not None:
+                self._list_dir(root, layout.target.path, self.parent_tree, stack)
+            else:
+                self._add_virtual(root, layout, self.parent_tree, stack)
+            self._release(root)
+            self._drain(stack)
+            while not self._done.wait(0.2):
+                self._check()
+            self._check()
+        finally:
+            self._readers.shutdown(wait=True, cancel_futures=True)
+            self._blobs.shutdown(wait=True, cancel_futures=True)
+        assert self._root_tree is not None
+        return self._root_tree
+
+    # -- walking -------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self.interrupted.is_set():
+            raise Interrupted("interrupted")
+        if self._fatal is not None:
+            raise self._fatal
+
+    def _warn(self, msg: str) -> None:
+        with self._stats_lock:
+            self.stats.errors.append(msg)
+        if self.warn_fn:
+            self.warn_fn(msg)
+
+    def _parent_nodes(self, tree_id: bytes | None) -> dict[bytes, Node]:
+        if tree_id is None:
+            return {}
+        nodes = self._tree_cache.pop(tree_id, None)
+        if nodes is None:
+            try:
+                nodes = {n.name: n for n in self.repo.load_tree(tree_id)}
+            except CairnError as e:
+                self._warn(f"parent tree {tree_id.hex()[:10]} unreadable, files re-read: {e}")
+                nodes = {}
+        return nodes
+
+    def _add_virtual(
+        self,
+        job: _DirJob,
+        vdir: VirtualDir,
+        parent_tree: bytes | None,
+        stack: list[tuple[_DirJob, VirtualDir | Target, bytes | None]],
+    ) -> None:
+        """Intermediate directories: nodes from the real directories' metadata, children
+        limited to the components leading to targets."""
+        old = self._parent_nodes(parent_tree)
+        for name, child in vdir.children.items():
+            path = child.path if isinstance(child, Target) else child.real_path
+            try:
+                st = os.lstat(path)
+            except OSError as e:
+                self._warn(f"{os.fsdecode(path)}: {e.strerror}")
+                continue
+            node, warning = node_from_stat(name, path, st)
+            if warning:
+                self._warn(f"{os.fsdecode(path)}: {warning}")
+            old_node = old.get(name)
+            if isinstance(child, VirtualDir):
+                if node.type != "dir":
+                    self._warn(f"{os.fsdecode(path)}: not a directory")
+                    continue
+                sub = self._open_dir(job, node, old_node)
+                stack.append((sub, child, _subtree(old_node)))
+            else:
+                self._add_entry(job, node, path, st, old_node, st.st_dev, stack)
+
+    def _open_dir(self, parent: _DirJob, node: Node, old_node: Node | None) -> _DirJob:
+        with parent.lock:
+            parent.nodes.append(node)
+            parent.pending += 1
+        return _DirJob(parent, node, _subtree(old_node))
+
+    def _drain(self, stack: list[tuple[_DirJob, VirtualDir | Target, bytes | None]]) -> None:
+        while stack:
+            self._check()
+            job, what, parent_tree = stack.pop()
+            if isinstance(what, VirtualDir):
+                self._add_virtual(job, what, parent_tree, stack)
+            else:
+                self._list_dir(job, what.path, parent_tree, stack)
+            self._release(job)
+
+    def _list_dir(
+        self,
+        job: _DirJob,
+        path: bytes,
+        parent_tree: bytes | None,
+        stack: list[tuple[_DirJob, VirtualDir | Target, bytes | None]],
+    ) -> None:
+        """Add every entry of a real directory to ``job``; subdirectories go on the stack."""
+        self.progress.current = os.fsdecode(path)
+        try:
+            target_dev = os.lstat(path).st_dev
+            with os.scandir(path) as it:
+                entries = [(e.name, e.path) for e in it]
+        except OSError as e:
+            self._warn(f"{os.fsdecode(path)}: {e.strerror}")
+            return
+        old = self._parent_nodes(parent_tree)
+        for name, epath in entries:
+            try:
+                st = os.lstat(epath)
+            except OSError as e:
+                self._warn(f"{os.fsdecode(epath)}: {e.strerror}")
+                continue
+            spath = os.fsdecode(epath)
+            if self.selector.excluded(spath, epath, st, target_dev):
+                continue
+            node, warning = node_from_stat(name, epath, st)
+            if warning:
+                self._warn(f"{spath}: {warning}")
+            self._add_entry(job, node, epath, st, old.get(name), target_dev, stack)
+
+    def _add_entry(
+        self,
+        job: _DirJob,
+        node: Node,
+        path: bytes,
+        st: os.stat_result,
+        old_node: Node | None,
+        target_dev: int,
+        stack: list[tuple[_DirJob, VirtualDir | Target, bytes | None]],
+    ) -> None:
+        if node.type == "dir":
+            sub = self._open_dir(job, node, old_node)
+            stack.append((sub, Target(path, node.name), _subtree(old_node)))
+            return
+        if node.type != "file":
+            with job.lock:
+                job.nodes.append(node)
+            return
+        with self._stats_lock:
+            self.stats.total_files_processed += 1
+            self.stats.total_bytes_processed += st.st_size
+        if old_node is not None and self._unchanged(node, old_node):
+            node.content = list(old_node.content or [])
+            with self._stats_lock:
+                self.stats.files_unmodified += 1
+            self.progress.files_done += 1
+            self.progress.bytes_done += node.size
+            with job.lock:
+                job.nodes.append(node)
+            return
+        with job.lock:
+            job.nodes.append(node)
+            job.pending += 1
+        self._files_in_flight.acquire()
+        self._readers.submit(self._read_file, job, node, path, old_node is not None)
+
+    def _unchanged(self, node: Node, old: Node) -> bool:
+        """restic 0.14's rule: same type, size, mtime, ctime and inode, and every content
+        blob still known to the index."""
+        if (
+            old.type != "file"
+            or old.size != node.size
+            or old.inode != node.inode
+            or not old.mtime.same_instant(node.mtime)
+            or not old.ctime.same_instant(node.ctime)
+            or old.content is None
+        ):
+            return False
+        index = self.repo.index
+        return all(index.has(BlobType.DATA, b) for b in old.content)
+
+    # -- file contents -------------------------------------------------------
+
+    def _read_file(self, job: _DirJob, node: Node, path: bytes, existed: bool) -> None:
+        ok = False
+        try:
+            if self._fatal is None and not self.interrupted.is_set():
+                ok = self._store_content(node, path)
+                with self._stats_lock:
+                    if ok:
+                        if existed:
+                            self.stats.files_changed += 1
+                        else:
+                            self.stats.files_new += 1
+        except BaseException as e:  # noqa: BLE001 - handed to the walking thread
+            self._fail(e)
+        finally:
+            self._files_in_flight.release()
+            if not ok:
+                with job.lock:
+                    job.nodes = [n for n in job.nodes if n is not node]
+            self.progress.files_done += 1
+            self._release(job)
+
+    def _store_content(self, node: Node, path: bytes) -> bool:
+        """Chunk and store one file; False (with a warning) when it cannot be read."""
+        key = (node.device_id, node.inode)
+        if node.links > 1:
+            with self._stats_lock:
+                known = self._hardlinks.get(key)
+            if known is not None and known[1] == node.size:
+                node.content = list(known[0])
+                return True
+        spath = os.fsdecode(path)
+        try:
+            fd = _open_regular(path)
+        except OSError as e:
+            self._warn(f"{spath}: {e.strerror or e}")
+            return False
+        futures: list[Future[bytes]] = []
+        size = 0
+        try:
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
+                self._warn(f"{spath}: changed type during backup, skipped")
+                return False
+            with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
+                for chunk in self.chunker.chunks(f):
+                    if self._fatal is not None or self.interrupted.is_set():
+                        return False
+                    data = bytes(chunk)
+                    size += len(data)
+                    self._budget.acquire(len(data))
+                    futures.append(self._blobs.submit(self._save_chunk, data))
+            after = os.fstat(fd)
+        except OSError as e:
+            self._warn(f"{spath}: read error: {e.strerror or e}")
+            for fut in futures:
+                fut.cancel()
+            return False
+        finally:
+            os.close(fd)
+        node.content = [fut.result() for fut in futures]
+        if size != node.size or after.st_mtime_ns != before.st_mtime_ns:
+            self._warn(f"{spath}: file changed during backup")
+        node.size = size  # the content is what was read; keep size consistent with it
+        with self._stats_lock:
+            self.stats.bytes_read += size
+            if node.links > 1:
+                self._hardlinks[key] = (node.content, size)
+        self.progress.bytes_done += size
+        return True
+
+    def _save_chunk(self, data: bytes) -> bytes:
+        try:
+            bid = blob_id(data)
+            if self.dry_run:
+                with self._stats_lock:
+                    new = bid not in self._dry_run_ids and not self.repo.index.has(
+                        BlobType.DATA, bid
+                    )
+                    if new:
+                        self._dry_run_ids.add(bid)
+                        self.stats.data_blobs += 1
+                        self.stats.data_added += len(data)
+                return bid
+            _, added, stored = self.repo.save_blob(BlobType.DATA, data, bid)
+            if added:
+                with self._stats_lock:
+                    self.stats.data_blobs += 1
+                    self.stats.data_added += len(data)
+                    self.stats.data_added_packed += stored
+            return bid
+        finally:
+            self._budget.release(len(data))
+
+    # -- trees ----------------------------------------------------------------
+
+    def _release(self, job: _DirJob) -> None:
+        """Drop one outstanding reference; the last one writes the directory's tree."""
+        while job is not None:
+            with job.lock:
+                job.pending -= 1
+                if job.pending:
+                    return
+            try:
+                tree_id = self._save_tree(job)
+            except BaseException as e:  # noqa: BLE001
+                self._fail(e)
+                return
+            parent = job.parent
+            if parent is None:
+                self._root_tree = tree_id
+                self._done.set()
+                return
+            assert job.node is not None
+            job.node.subtree = tree_id
+            with self._stats_lock:
+                if job.old_subtree is None:
+                    self.stats.dirs_new += 1
+                elif job.old_subtree == tree_id:
+                    self.stats.dirs_unmodified += 1
+                else:
+                    self.stats.dirs_changed += 1
+            job = parent
+
+    def _save_tree(self, job: _DirJob) -> bytes:
+        from cairn.repo.tree import encode_tree
+
+        data = encode_tree(job.nodes)
+        bid = blob_id(data)
+        if self.dry_run:
+            with self._stats_lock:
+                if bid not in self._dry_run_ids and not self.repo.index.has(BlobType.TREE, bid):
+                    self._dry_run_ids.add(bid)
+                    self.stats.tree_blobs += 1
+            return bid
+        _, added, stored = self.repo.save_blob(BlobType.TREE, data, bid)
+        if added:
+            with self._stats_lock:
+                self.stats.tree_blobs += 1
+                self.stats.data_added += len(data)
+                self.stats.data_added_packed += stored
+        return bid
+
+    def _fail(self, e: BaseException) -> None:
+        if self._fatal is None:
+            self._fatal = e
+        self._done.set()
+
+
+def _subtree(node: Node | None) -> bytes | None:
+    if node is None or node.type != "dir":
+        return None
+    return node.subtree
+
+
+def _open_regular(path: bytes) -> int:
+    """Open for reading without following symlinks, without blocking on a FIFO that
+    replaced the file, and without updating atime where the kernel allows it."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    noatime = getattr(os, "O_NOATIME", 0)
+    if noatime:
+        try:
+            return os.open(path, flags | noatime)
+        except PermissionError:
+            pass  # O_NOATIME needs ownership (or root)
+    return os.open(path, flags)
+

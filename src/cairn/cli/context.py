@@ -1,0 +1,156 @@
+"""Global options shared by every command: repository location, password, output mode.
+
+Environment variables follow restic's names, with ``CAIRN_`` equivalents taking
+precedence: ``CAIRN_REPOSITORY``/``RESTIC_REPOSITORY``, ``..._REPOSITORY_FILE``,
+``..._PASSWORD``, ``..._PASSWORD_FILE``, ``..._PASSWORD_COMMAND``, ``..._CACHE_DIR``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+from cairn.backend.base import Backend
+from cairn.backend.location import open_backend
+from cairn.errors import PasswordError, UsageError
+from cairn.repo.repository import Repository
+
+
+def env(name: str) -> str | None:
+    """``CAIRN_<name>`` if set, else ``RESTIC_<name>``."""
+    value = os.environ.get(f"CAIRN_{name}")
+    if value is None:
+        value = os.environ.get(f"RESTIC_{name}")
+    return value
+
+
+@dataclass
+class GlobalOptions:
+    repo: str | None = None
+    repository_file: str | None = None
+    password_file: str | None = None
+    password_command: str | None = None
+    key_hint: str | None = None
+    json: bool = False
+    quiet: bool = False
+    verbose: int = 0
+    no_lock: bool = False
+    cache_dir: str | None = None
+    no_cache: bool = False
+    options: dict[str, str] = field(default_factory=dict)
+
+    # -- repository location --------------------------------------------------
+
+    def repository_url(self) -> str:
+        if self.repo:
+            return self.repo
+        rfile = self.repository_file or env("REPOSITORY_FILE")
+        if rfile:
+            try:
+                with open(rfile, encoding="utf-8") as f:
+                    url = f.read().strip()
+            except OSError as e:
+                raise UsageError(f"cannot read repository file {rfile}: {e.strerror}") from e
+            if url:
+                return url
+        url = env("REPOSITORY")
+        if url:
+            return url
+        raise UsageError(
+            "no repository given: use -r/--repo, or set CAIRN_REPOSITORY or RESTIC_REPOSITORY"
+        )
+
+    def backend(self) -> Backend:
+        return open_backend(self.repository_url(), self.options)
+
+    # -- password -----------------------------------------------------------
+
+    def password(self, *, prompt: str = "enter password for repository: ") -> str:
+        """restic's order: --password-command, --password-file, the PASSWORD variable, then
+        the terminal (or the first line of standard input when it is not a terminal)."""
+        command = self.password_command or env("PASSWORD_COMMAND")
+        pfile = self.password_file or env("PASSWORD_FILE")
+        if command and pfile:
+            raise UsageError("give either a password file or a password command, not both")
+        if command:
+            return _from_command(command)
+        if pfile:
+            return _from_file(pfile)
+        value = env("PASSWORD")
+        if value:
+            return value
+        return _ask(prompt)
+
+    def new_password(self) -> str:
+        """For ``init`` and ``key add``: like password(), but asks twice on a terminal."""
+        command = self.password_command or env("PASSWORD_COMMAND")
+        pfile = self.password_file or env("PASSWORD_FILE")
+        if command or pfile or env("PASSWORD"):
+            return self.password()
+        return ask_new_password()
+
+    def open_repository(self) -> Repository:
+        backend = self.backend()
+        return Repository.open(backend, self.password(), key_hint=self.key_hint)
+
+
+def ask_new_password(prompt: str = "enter new password: ") -> str:
+    """Ask for a new password; twice on a terminal, so that a typo does not lock you out."""
+    first = _ask(prompt)
+    if sys.stdin is not None and sys.stdin.isatty():
+        if _ask("enter password again: ") != first:
+            raise PasswordError("passwords do not match")
+    return first
+
+
+def read_password_file(path: str) -> str:
+    """A password from a file, surrounding white space trimmed (restic's rule)."""
+    return _from_file(path)
+
+
+def _from_command(command: str) -> str:
+    try:
+        proc = subprocess.run(shlex.split(command), capture_output=True, timeout=120)
+    except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+        raise PasswordError(f"password command {command!r} failed: {e}") from e
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise PasswordError(
+            f"password command exited with {proc.returncode}" + (f": {err[-1]}" if err else "")
+        )
+    value = proc.stdout.decode(errors="surrogateescape").strip()
+    if not value:
+        raise PasswordError("the password command printed an empty password")
+    return value
+
+
+def _from_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            value = f.read().strip()
+    except OSError as e:
+        raise PasswordError(f"cannot read password file {path}: {e.strerror}") from e
+    if not value:
+        raise PasswordError(f"the password file {path} is empty")
+    return value
+
+
+def _ask(prompt: str) -> str:
+    if sys.stdin is not None and sys.stdin.isatty():
+        try:
+            value = getpass.getpass(prompt)
+        except EOFError:
+            value = ""
+    else:
+        line = sys.stdin.readline() if sys.stdin is not None else ""
+        value = line.rstrip("\r\n")
+    if not value:
+        raise PasswordError(
+            "no password: set CAIRN_PASSWORD/RESTIC_PASSWORD, use --password-file or "
+            "--password-command, or run on a terminal"
+        )
+    return value
