@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Iterator
 
 import click
@@ -87,13 +86,14 @@ def snapshots(
 def _node_json(path: bytes, node: Node) -> dict[str, object]:
     """restic's ``ls --json`` node line."""
     doc: dict[str, object] = {
-        "name": os.fsdecode(node.name),
+        # Go's encoder writes each byte that is not valid UTF-8 as U+FFFD, as restic does.
+        "name": node.name.decode("utf-8", "replace"),
         "type": node.type,
-        "path": os.fsdecode(path),
+        "path": path.decode("utf-8", "replace"),
         "uid": node.uid,
         "gid": node.gid,
     }
-    if node.size:
+    if node.type == "file":
         doc["size"] = node.size
     doc.update(
         {
