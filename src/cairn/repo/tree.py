@@ -1,0 +1,496 @@
+"""Tree blobs: restic's JSON for one directory (spec §9).
+
+:func:`encode_tree` writes the bytes restic 0.14 writes for the same nodes, so the tree IDs
+agree and cairn and restic deduplicate against each other. :func:`decode_tree` is a
+tolerant reader in the manner of Go's decoder: unknown keys are ignored, keys match
+case-insensitively, ``null`` stands for the zero value, ``linktarget_raw`` wins over
+``linktarget``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from cairn.errors import FormatError
+from cairn.repo.gojson import (
+    LossyUtf8,
+    format_time,
+    go_bytes,
+    go_string,
+    parse_bytes,
+    parse_time,
+    quote_name,
+    unquote_name,
+    utf8_lossy,
+)
+from cairn.repo.node import ZERO_TIME, ExtendedAttribute, GoTime, Node
+
+__all__ = ["encode_tree", "decode_tree", "encode_node", "decode_node", "go_compact"]
+
+_U32 = 1 << 32
+_U64 = 1 << 64
+
+# --- encoding --------------------------------------------------------------------------
+
+
+def _xattrs_json(attrs: Sequence[ExtendedAttribute]) -> str:
+    return ",".join([f'{{"name":{go_string(a.name)},"value":{go_bytes(a.value)}}}' for a in attrs])
+
+
+_COMPACT_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[ \t\n\r]+|[^" \t\n\r]+', re.DOTALL)
+_COMPACT_HTML = re.compile("[<>&\u2028\u2029]")
+_COMPACT_ESC = {
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+
+
+def go_compact(raw: str) -> str:
+    """What Go's encoder writes for a ``json.RawMessage``: the text with insignificant
+    whitespace removed and ``<``, ``>``, ``&``, U+2028, U+2029 escaped (``json.Compact``
+    in HTML-safe mode). Raises :class:`FormatError` if ``raw`` is not valid JSON."""
+    try:
+        json.loads(raw)
+    except ValueError as exc:
+        raise FormatError(f"invalid raw JSON value {raw[:60]!r}: {exc}") from None
+    out = []
+    for tok in _COMPACT_TOKEN.findall(raw):
+        c = tok[0]
+        if c in " \t\n\r":
+            continue
+        out.append(_COMPACT_HTML.sub(lambda m: _COMPACT_ESC[m.group()], tok))
+    return "".join(out)
+
+
+def _generic_json(attrs: dict[str, str]) -> str:
+    # Go encodes a map with its keys sorted bytewise (by their UTF-8 form).
+    keys = sorted(attrs, key=lambda k: k.encode("utf-8", "surrogatepass"))
+    return ",".join([f"{go_string(k)}:{go_compact(attrs[k])}" for k in keys])
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def encode_node(node: Node) -> str:
+    """The compact JSON object restic 0.14 writes for ``node`` (spec §9.2 field order and
+    ``omitempty`` rules), with ``linktarget_raw`` added for a non-UTF-8 symlink target.
+    Raises ``ValueError`` for integers Go could not read back (negative or too wide)."""
+    if not (
+        0 <= node.mode < _U32
+        and 0 <= node.uid < _U32
+        and 0 <= node.gid < _U32
+        and 0 <= node.inode < _U64
+        and 0 <= node.device_id < _U64
+        and 0 <= node.size < _U64
+        and 0 <= node.links < _U64
+        and 0 <= node.device < _U64
+    ):
+        raise ValueError(f"node {node.name!r}: integer field out of range")
+    p = [
+        '{"name":',
+        go_string(quote_name(node.name)),
+        ',"type":',
+        go_string(node.type),
+    ]
+    if node.mode:
+        p.append(f',"mode":{node.mode}')
+    p.append(
+        f',"mtime":"{format_time(node.mtime)}","atime":"{format_time(node.atime)}"'
+        f',"ctime":"{format_time(node.ctime)}","uid":{node.uid},"gid":{node.gid}'
+    )
+    if node.user:
+        p.append(',"user":' + go_string(node.user))
+    if node.group:
+        p.append(',"group":' + go_string(node.group))
+    if node.inode:
+        p.append(f',"inode":{node.inode}')
+    if node.device_id:
+        p.append(f',"device_id":{node.device_id}')
+    if node.size:
+        p.append(f',"size":{node.size}')
+    if node.links:
+        p.append(f',"links":{node.links}')
+    if node.linktarget:
+        p.append(',"linktarget":' + go_string(node.linktarget))
+        # restic >= 0.16 form: 0.14 ignores the key, and restore gets the exact bytes.
+        if not _is_utf8(node.linktarget):
+            p.append(',"linktarget_raw":' + go_bytes(node.linktarget))
+    if node.extended_attributes:
+        p.append(',"extended_attributes":[' + _xattrs_json(node.extended_attributes) + "]")
+    if node.generic_attributes:
+        p.append(',"generic_attributes":{' + _generic_json(node.generic_attributes) + "}")
+    if node.device:
+        p.append(f',"device":{node.device}')
+    if node.content is None:
+        p.append(',"content":null')
+    else:
+        p.append(',"content":[' + ",".join([f'"{c.hex()}"' for c in node.content]) + "]")
+    if node.subtree is not None:
+        p.append(f',"subtree":"{node.subtree.hex()}"')
+    if node.error:
+        p.append(',"error":' + go_string(node.error))
+    p.append("}")
+    return "".join(p)
+
+
+def encode_tree(nodes: Iterable[Node]) -> bytes:
+    """The plaintext of a tree blob: ``{"nodes":[...]}`` plus a newline, nodes sorted by
+    their raw name bytes. Raises ``ValueError`` for duplicate names."""
+    ordered = sorted(nodes, key=lambda n: n.name)
+    for prev, cur in zip(ordered, ordered[1:], strict=False):
+        if prev.name == cur.name:
+            raise ValueError(f"duplicate name in tree: {cur.name!r}")
+    body = ",".join([encode_node(n) for n in ordered])
+    return ('{"nodes":[' + body + "]}\n").encode("utf-8")
+
+
+# --- decoding --------------------------------------------------------------------------
+
+_FIELDS = (
+    "name",
+    "type",
+    "mode",
+    "mtime",
+    "atime",
+    "ctime",
+    "uid",
+    "gid",
+    "user",
+    "group",
+    "inode",
+    "device_id",
+    "size",
+    "links",
+    "linktarget",
+    "linktarget_raw",
+    "extended_attributes",
+    "generic_attributes",
+    "device",
+    "content",
+    "subtree",
+    "error",
+)
+_FIELD_SET = frozenset(_FIELDS)
+
+
+def _canonical_keys(d: dict[str, Any]) -> dict[str, Any]:
+    """Go matches keys case-insensitively and drops unknown ones; later keys win."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = k if k in _FIELD_SET else k.lower()
+        if key in _FIELD_SET:
+            out[key] = v
+    return out
+
+
+#: Integer fields and their exclusive upper bounds (Go uint32 / uint64).
+_INT_FIELDS = (
+    ("mode", _U32),
+    ("uid", _U32),
+    ("gid", _U32),
+    ("inode", _U64),
+    ("device_id", _U64),
+    ("size", _U64),
+    ("links", _U64),
+    ("device", _U64),
+)
+
+
+def _text(d: dict[str, Any], key: str) -> str:
+    v = d.get(key)
+    if v is None:
+        return ""
+    if type(v) is not str:
+        raise FormatError(f"tree node: {key} is not a string")
+    return v if v.isascii() else utf8_lossy(v)
+
+
+def _time(d: dict[str, Any], key: str) -> GoTime:
+    v = d.get(key)
+    if type(v) is str:
+        return parse_time(v)
+    if v is None:
+        return ZERO_TIME
+    raise FormatError(f"tree node: {key} is not a time string")
+
+
+def _id(v: object, key: str) -> bytes:
+    if type(v) is str and len(v) == 64:
+        try:
+            raw = bytes.fromhex(v)
+        except ValueError:
+            pass
+        else:
+            if len(raw) == 32:
+                return raw
+    raise FormatError(f"tree node: invalid ID in {key}: {v!r}")
+
+
+def _ids(v: object) -> list[bytes]:
+    if type(v) is not list:
+        raise FormatError("tree node: content is not a list")
+    # One fromhex call for the whole list; the length check catches bad entries (fromhex
+    # would skip spaces), which are then reported one by one.
+    if all(type(c) is str and len(c) == 64 for c in v):
+        try:
+            raw = bytes.fromhex("".join(v))
+        except ValueError:
+            pass
+        else:
+            if len(raw) == 32 * len(v):
+                return [raw[i : i + 32] for i in range(0, len(raw), 32)]
+    return [_id(c, "content") for c in v]
+
+
+def _xattrs(v: object) -> list[ExtendedAttribute]:
+    if v is None:
+        return []
+    if type(v) is not list:
+        raise FormatError("tree node: extended_attributes is not a list")
+    out = []
+    for item in v:
+        if type(item) is not dict:
+            raise FormatError("tree node: extended attribute is not an object")
+        item = _canonical_keys_xattr(item)
+        name = item.get("name")
+        if name is None:
+            name = ""
+        if type(name) is not str:
+            raise FormatError("tree node: extended attribute name is not a string")
+        out.append(ExtendedAttribute(utf8_lossy(name), parse_bytes(item.get("value"))))
+    return out
+
+
+def _canonical_keys_xattr(d: dict[str, Any]) -> dict[str, Any]:
+    if d.keys() <= {"name", "value"}:
+        return d
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = k.lower()
+        if key in ("name", "value"):
+            out[key] = v
+    return out
+
+
+def _linktarget(lt: str, text: str | None) -> bytes:
+    raw = lt.encode("utf-8")
+    if text is None or "\ufffd" not in lt:
+        return raw
+    # restic 0.14 wrote each invalid byte of a target as the escape \ufffd (a real U+FFFD
+    # is written raw). The parsed string cannot tell them apart, the text can.
+    escaped = go_string(lt.replace("\ufffd", "\udcff"))
+    if '"linktarget":' + escaped in text:
+        return LossyUtf8(raw)
+    return raw
+
+
+def decode_node(
+    d: object, generic_raw: dict[str, str] | None = None, text: str | None = None
+) -> Node:
+    """Build a :class:`Node` from one parsed JSON node object. ``generic_raw`` carries the
+    raw text of ``generic_attributes`` values when the caller extracted it; ``text`` is the
+    whole tree's JSON text, used to recognise lossy (``\\ufffd``-escaped) symlink targets."""
+    if type(d) is not dict:
+        raise FormatError("tree node is not a JSON object")
+    if not d.keys() <= _FIELD_SET:
+        d = _canonical_keys(d)
+    get = d.get
+    for key, limit in _INT_FIELDS:
+        v = get(key)
+        if v is not None and not (type(v) is int and 0 <= v < limit):
+            raise FormatError(f"tree node: invalid {key} {v!r}")
+    name = get("name")
+    if name is None:
+        name = ""
+    elif type(name) is not str:
+        raise FormatError("tree node: name is not a string")
+    content_v = get("content")
+    content = None if content_v is None else _ids(content_v)
+    subtree_v = get("subtree")
+    linktarget_raw = parse_bytes(get("linktarget_raw"))
+    if linktarget_raw is not None:
+        linktarget = linktarget_raw
+    else:
+        linktarget = _linktarget(_text(d, "linktarget"), text)
+    generic: dict[str, str] | None = None
+    if get("generic_attributes") is not None:
+        if generic_raw is None:
+            generic = _generic_from_value(d["generic_attributes"])
+        else:
+            generic = generic_raw
+    xattrs_v = get("extended_attributes")
+    return Node(
+        name=unquote_name(name),
+        type=_text(d, "type"),
+        mode=get("mode") or 0,
+        mtime=_time(d, "mtime"),
+        atime=_time(d, "atime"),
+        ctime=_time(d, "ctime"),
+        uid=get("uid") or 0,
+        gid=get("gid") or 0,
+        user=_text(d, "user"),
+        group=_text(d, "group"),
+        inode=get("inode") or 0,
+        device_id=get("device_id") or 0,
+        size=get("size") or 0,
+        links=get("links") or 0,
+        linktarget=linktarget,
+        extended_attributes=[] if xattrs_v is None else _xattrs(xattrs_v),
+        generic_attributes=generic,
+        device=get("device") or 0,
+        content=content,
+        subtree=None if subtree_v is None else _id(subtree_v, "subtree"),
+        error=_text(d, "error"),
+    )
+
+
+def _generic_from_value(v: object) -> dict[str, str]:
+    """Fallback when no raw text is at hand: re-serialise each value Go-style."""
+    if type(v) is not dict:
+        raise FormatError("tree node: generic_attributes is not an object")
+    return {
+        utf8_lossy(k): go_compact(json.dumps(val, ensure_ascii=False, separators=(",", ":")))
+        for k, val in v.items()
+    }
+
+
+def _loads(data: bytes | bytearray | memoryview) -> tuple[str, Any]:
+    raw = bytes(data)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        # Go's decoder replaces invalid bytes inside strings by U+FFFD, one per byte;
+        # surrogateescape keeps them one-per-byte until utf8_lossy/unquote_name do that.
+        text = raw.decode("utf-8", "surrogateescape")
+    try:
+        return text, json.loads(text)
+    except ValueError as exc:
+        raise FormatError(f"tree is not valid JSON: {exc}") from None
+
+
+def _nodes_value(doc: Any) -> list[Any]:
+    if type(doc) is not dict:
+        raise FormatError("tree is not a JSON object")
+    nodes = doc.get("nodes")
+    if nodes is None and "nodes" not in doc:
+        for k, v in doc.items():
+            if k.lower() == "nodes":
+                nodes = v
+    if nodes is None:
+        return []
+    if type(nodes) is not list:
+        raise FormatError("tree: nodes is not a list")
+    return nodes
+
+
+def decode_tree(data: bytes | bytearray | memoryview) -> list[Node]:
+    """Parse a tree blob's plaintext into its nodes (in stored order)."""
+    text, doc = _loads(data)
+    nodes = _nodes_value(doc)
+    generic_raws: list[dict[str, str] | None] | None = None
+    if any(type(d) is dict and _has_generic(d) for d in nodes):
+        generic_raws = _GenericScanner(text).scan()
+        if len(generic_raws) != len(nodes):  # cannot happen for valid JSON
+            raise FormatError("tree: inconsistent generic_attributes scan")
+    if generic_raws is None:
+        return [decode_node(d, None, text) for d in nodes]
+    return [decode_node(d, g, text) for d, g in zip(nodes, generic_raws, strict=True)]
+
+
+def _has_generic(d: dict[str, Any]) -> bool:
+    if "generic_attributes" in d:
+        return d["generic_attributes"] is not None
+    return not d.keys() <= _FIELD_SET and (_canonical_keys(d).get("generic_attributes") is not None)
+
+
+class _GenericScanner:
+    """Walks the tree text with the stdlib decoder to recover the *raw text* of every
+    ``generic_attributes`` value (Go keeps these as ``json.RawMessage``). Only used for the
+    rare trees that have them; the common path is a plain ``json.loads``."""
+
+    _WS = re.compile(r"[ \t\n\r]*")
+
+    def __init__(self, text: str) -> None:
+        self.s = text
+        self.dec = json.JSONDecoder()
+
+    def _ws(self, i: int) -> int:
+        m = self._WS.match(self.s, i)
+        return m.end() if m else i
+
+    def _expect(self, i: int, ch: str) -> int:
+        i = self._ws(i)
+        if self.s[i : i + 1] != ch:
+            raise FormatError(f"tree: expected {ch!r} at offset {i}")
+        return i + 1
+
+    def _members(self, i: int) -> Iterable[tuple[str, int]]:
+        """Yield (key, value_start) for each member of the object at ``i``; the consumer
+        sets ``self.pos`` to the end of the value before resuming."""
+        i = self._expect(i, "{")
+        i = self._ws(i)
+        if self.s[i : i + 1] == "}":
+            self.pos = i + 1
+            return
+        while True:
+            key, i = self.dec.raw_decode(self.s, self._ws(i))
+            i = self._ws(self._expect(i, ":"))
+            yield key, i
+            i = self._ws(self.pos)
+            if self.s[i : i + 1] == "}":
+                self.pos = i + 1
+                return
+            i = self._expect(i, ",")
+
+    def _skip(self, i: int) -> int:
+        return int(self.dec.raw_decode(self.s, i)[1])
+
+    def scan(self) -> list[dict[str, str] | None]:
+        result: list[dict[str, str] | None] = []
+        for key, i in self._members(0):
+            if key.lower() == "nodes" and self.s.startswith("[", i):
+                result = self._nodes(i)
+            else:
+                self.pos = self._skip(i)
+        return result
+
+    def _nodes(self, i: int) -> list[dict[str, str] | None]:
+        out: list[dict[str, str] | None] = []
+        i = self._ws(i + 1)
+        if self.s[i : i + 1] == "]":
+            self.pos = i + 1
+            return out
+        while True:
+            out.append(self._node(i))
+            i = self._ws(self.pos)
+            if self.s[i : i + 1] == "]":
+                self.pos = i + 1
+                return out
+            i = self._ws(self._expect(i, ","))
+
+    def _node(self, i: int) -> dict[str, str] | None:
+        generic: dict[str, str] | None = None
+        for key, j in self._members(i):
+            if key.lower() == "generic_attributes" and self.s.startswith("{", j):
+                generic = {}
+                for gkey, k in self._members(j):
+                    end = self._skip(k)
+                    generic[utf8_lossy(gkey)] = go_compact(self.s[k:end])
+                    self.pos = end
+            elif key.lower() == "generic_attributes":
+                generic = None
+                self.pos = self._skip(j)
+            else:
+                self.pos = self._skip(j)
+        return generic

@@ -1,0 +1,434 @@
+"""Tree blobs: byte-identical to restic 0.14 (spec §9, §12, §18)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cairn.errors import FormatError
+from cairn.repo.gojson import LossyUtf8
+from cairn.repo.ids import EMPTY_TREE_ID
+from cairn.repo.node import NODE_TYPES, ExtendedAttribute, GoTime, Node
+from cairn.repo.tree import decode_node, decode_tree, encode_node, encode_tree, go_compact
+from tests.conftest import EXPECTED, run_restic
+
+FIXTURE_TREES = sorted(EXPECTED.glob("*/trees/*.json"))
+ID = bytes(range(32))
+ID2 = bytes(range(1, 33))
+
+
+def _hex(b: bytes) -> str:
+    return b.hex()
+
+
+@pytest.mark.parametrize(
+    "path", FIXTURE_TREES, ids=lambda p: f"{p.parent.parent.name}/{p.stem[:12]}"
+)
+def test_fixture_tree_round_trip(path: Path) -> None:
+    data = path.read_bytes()
+    nodes = decode_tree(data)
+    assert encode_tree(nodes) == data
+    assert hashlib.sha256(data).hexdigest() == path.stem
+
+
+def test_fixture_trees_present() -> None:
+    # 52 distinct trees across the three repositories (some repeat between v1 and v1-upgraded).
+    assert len({p.stem for p in FIXTURE_TREES}) == 52
+
+
+def test_fixture_names_and_lossy_target() -> None:
+    names: dict[bytes, Node] = {}
+    for path in FIXTURE_TREES:
+        for n in decode_tree(path.read_bytes()):
+            names[n.name] = n
+    assert b"bad-utf8-\xff\xfe.bin" in names
+    assert "nbsp\u00a0name.txt".encode() in names
+    assert b'quote"and\\backslash.txt' in names
+    target = names[b"bad-target"].linktarget
+    # restic 0.14 stored the invalid byte as \ufffd; restore gives U+FFFD like restic does.
+    assert target == "target-\ufffd-not-utf8".encode()
+    assert isinstance(target, LossyUtf8)
+    xattrs = names[b"with-xattrs.txt"].extended_attributes
+    assert xattrs == [
+        ExtendedAttribute("user.comment", b"restic fixture"),
+        ExtendedAttribute("user.binary", b"\x00\x01\x02\xff"),
+    ]
+
+
+# --- encoding rules ---------------------------------------------------------------------
+
+
+def test_empty_tree() -> None:
+    data = encode_tree([])
+    assert data == b'{"nodes":[]}\n'
+    assert hashlib.sha256(data).digest() == EMPTY_TREE_ID
+    assert decode_tree(data) == []
+    assert decode_tree(b'{"nodes":null}') == []
+    assert decode_tree(b"{}") == []
+
+
+def test_sorted_by_raw_name_bytes() -> None:
+    names = [b"\xff", b"z", b"a", b"B", "\u00e9".encode(), b"a\x00", b"\\"]
+    nodes = [Node(name=n, type="file", content=[]) for n in names]
+    back = decode_tree(encode_tree(nodes))
+    assert [n.name for n in back] == sorted(names)
+
+
+def test_duplicate_names_rejected() -> None:
+    with pytest.raises(ValueError):
+        encode_tree(
+            [Node(name=b"x", type="file"), Node(name=b"y", type="dir"), Node(name=b"x", type="dir")]
+        )
+
+
+@pytest.mark.parametrize(
+    "field", ["mode", "uid", "gid", "inode", "device_id", "size", "links", "device"]
+)
+def test_encode_rejects_out_of_range_integers(field: str) -> None:
+    with pytest.raises(ValueError):
+        encode_node(Node(name=b"x", type="file", **{field: -1}))  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        encode_node(Node(name=b"x", type="file", **{field: 2**64}))  # type: ignore[arg-type]
+
+
+def test_field_order_and_omitempty() -> None:
+    node = Node(name=b"f", type="file", content=[])
+    assert encode_node(node) == (
+        '{"name":"f","type":"file","mtime":"0001-01-01T00:00:00Z","atime":"0001-01-01T00:00:00Z",'
+        '"ctime":"0001-01-01T00:00:00Z","uid":0,"gid":0,"content":[]}'
+    )
+    full = Node(
+        name=b"d",
+        type="dir",
+        mode=2147484141,
+        mtime=GoTime(1, 5, 3600),
+        atime=GoTime(2),
+        ctime=GoTime(3),
+        uid=1000,
+        gid=100,
+        user="u",
+        group="g",
+        inode=2**64 - 1,
+        device_id=65024,
+        size=7,
+        links=2,
+        linktarget=b"t\xff",
+        extended_attributes=[ExtendedAttribute("user.a", None), ExtendedAttribute("user.b", b"")],
+        generic_attributes={"windows.file_attributes": "32", "a.first": '{"x":1}'},
+        device=5,
+        content=[ID, ID2],
+        subtree=ID2,
+        error="e",
+    )
+    text = encode_node(full)
+    keys = list(json.loads(text))
+    assert keys == [
+        "name", "type", "mode", "mtime", "atime", "ctime", "uid", "gid", "user", "group",
+        "inode", "device_id", "size", "links", "linktarget", "linktarget_raw",
+        "extended_attributes", "generic_attributes", "device", "content", "subtree", "error",
+    ]  # fmt: skip
+    assert '"mtime":"1970-01-01T01:00:01.000000005+01:00"' in text
+    assert '"linktarget":"t\\ufffd","linktarget_raw":"dP8="' in text
+    assert (
+        '"extended_attributes":[{"name":"user.a","value":null},{"name":"user.b","value":""}]'
+        in text
+    )
+    # Go sorts map keys.
+    assert '"generic_attributes":{"a.first":{"x":1},"windows.file_attributes":32}' in text
+    assert f'"content":["{_hex(ID)}","{_hex(ID2)}"],"subtree":"{_hex(ID2)}","error":"e"}}' in text
+    assert '"inode":18446744073709551615' in text
+    [back] = decode_tree(encode_tree([full]))
+    assert back == full
+
+
+def test_content_null_vs_empty_and_empty_xattrs_omitted() -> None:
+    assert '"content":null' in encode_node(Node(name=b"l", type="symlink", linktarget=b"x"))
+    assert '"content":[]' in encode_node(Node(name=b"e", type="file", content=[]))
+    text = encode_node(Node(name=b"e", type="file", extended_attributes=[], generic_attributes={}))
+    assert "extended_attributes" not in text and "generic_attributes" not in text
+
+
+def test_names_in_tree_text() -> None:
+    node = Node(name=b"a\\b\t<&>\xff\xe2\x80\xa8", type="file", content=[])
+    text = encode_node(node)
+    assert text.startswith('{"name":"a\\\\\\\\b\\\\t\\u003c\\u0026\\u003e\\\\xff\\\\u2028",')
+
+
+# --- tolerant reader -------------------------------------------------------------------
+
+
+def _node_json(**extra: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "name": "n",
+        "type": "file",
+        "mtime": "2021-01-02T03:04:05Z",
+        "atime": "2021-01-02T03:04:05Z",
+        "ctime": "2021-01-02T03:04:05Z",
+        "uid": 0,
+        "gid": 0,
+        "content": [],
+    }
+    base.update(extra)
+    return base
+
+
+def _tree(*nodes: dict[str, object], **top: object) -> bytes:
+    return json.dumps({"before": 1, "nodes": list(nodes), **top}).encode()
+
+
+def test_reader_ignores_unknown_keys_and_accepts_nulls() -> None:
+    [n] = decode_tree(_tree(_node_json(future_field={"x": [1]}, size=None, user=None), after=True))
+    assert n.name == b"n" and n.size == 0 and n.user == ""
+    [n] = decode_tree(_tree({"name": "bare", "type": "fifo"}))
+    assert n.content is None and n.mtime == GoTime(-62135596800) and n.extended_attributes == []
+
+
+def test_reader_matches_keys_case_insensitively() -> None:
+    [n] = decode_tree(b'{"Nodes":[{"Name":"x","TYPE":"file","Size":3,"content":null}]}')
+    assert (n.name, n.type, n.size) == (b"x", "file", 3)
+
+
+def test_reader_prefers_linktarget_raw() -> None:
+    raw = b"t-\xff\xfe"
+    [n] = decode_tree(
+        _tree(_node_json(type="symlink", linktarget="t-\ufffd\ufffd", linktarget_raw="dC3//g=="))
+    )
+    assert n.linktarget == raw
+    assert type(n.linktarget) is bytes
+
+
+def test_reader_big_numbers_exact() -> None:
+    big = 2**63 + 12345
+    [n] = decode_tree(
+        _tree(_node_json(inode=big, device_id=big + 1, device=2**64 - 1, size=2**53 + 1))
+    )
+    assert (n.inode, n.device_id, n.device, n.size) == (big, big + 1, 2**64 - 1, 2**53 + 1)
+
+
+def test_reader_keeps_generic_attributes_raw() -> None:
+    text = (
+        b'{"nodes":[{"name":"w","type":"file","generic_attributes":'
+        b'{"windows.creation_time": {"LowDateTime": 1, "HighDateTime": 2.50},'
+        b' "windows.security_descriptor":"AQ<&>"},"content":[]}]}'
+    )
+    [n] = decode_tree(text)
+    assert n.generic_attributes == {
+        "windows.creation_time": '{"LowDateTime":1,"HighDateTime":2.50}',
+        "windows.security_descriptor": '"AQ\\u003c\\u0026\\u003e"',
+    }
+    assert decode_tree(encode_tree([n])) == [n]
+    # Without the tree text (decode_node on a parsed object) values are re-serialised.
+    d = json.loads(text)["nodes"][0]
+    assert decode_node(d).generic_attributes == {
+        "windows.creation_time": '{"LowDateTime":1,"HighDateTime":2.5}',
+        "windows.security_descriptor": '"AQ\\u003c\\u0026\\u003e"',
+    }
+
+
+def test_go_compact() -> None:
+    assert go_compact(' { "a" : [ 1 , "x y<" ] }\n') == '{"a":[1,"x y\\u003c"]}'
+    with pytest.raises(FormatError):
+        go_compact("{nope")
+
+
+def test_reader_replaces_invalid_utf8_per_byte() -> None:
+    [n] = decode_tree(b'{"nodes":[{"name":"a","type":"file","user":"u\xff\xfe","content":[]}]}')
+    assert n.user == "u\ufffd\ufffd"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"not json",
+        b"[]",
+        b'{"nodes":{}}',
+        b'{"nodes":[1]}',
+        _tree(_node_json(size=-1)),
+        _tree(_node_json(size=1.5)),
+        _tree(_node_json(size=True)),
+        _tree(_node_json(uid=2**32)),
+        _tree(_node_json(inode=2**64)),
+        _tree(_node_json(name=5)),
+        _tree(_node_json(name="bad\\q")),
+        _tree(_node_json(content=["00" * 31])),
+        _tree(_node_json(content=["zz" * 32])),
+        _tree(_node_json(content="x")),
+        _tree(_node_json(subtree="ab")),
+        _tree(_node_json(mtime="yesterday")),
+        _tree(_node_json(mtime=5)),
+        _tree(_node_json(user=5)),
+        _tree(_node_json(extended_attributes=[{"name": "a", "value": "!!"}])),
+        _tree(_node_json(extended_attributes={})),
+        _tree(_node_json(linktarget_raw=5)),
+    ],
+)
+def test_reader_rejects_malformed(bad: bytes) -> None:
+    with pytest.raises(FormatError):
+        decode_tree(bad)
+
+
+# --- properties ----------------------------------------------------------------------------
+
+_WALL_MIN = -62167219200  # 0000-01-01T00:00:00 local
+_WALL_MAX = 253402300799  # 9999-12-31T23:59:59 local
+_u32 = st.integers(0, 2**32 - 1)
+_u64 = st.integers(0, 2**64 - 1)
+_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
+
+
+@st.composite
+def go_times(draw: st.DrawFn) -> GoTime:
+    offset = draw(st.integers(-(23 * 60 + 59), 23 * 60 + 59)) * 60
+    wall = draw(st.integers(_WALL_MIN, _WALL_MAX))
+    return GoTime(wall - offset, draw(st.integers(0, 999_999_999)), offset)
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | _text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_text, inner, max_size=3),
+    max_leaves=6,
+)
+_raw_json = st.builds(
+    lambda v, indent: go_compact(json.dumps(v, indent=indent)),
+    _json_values,
+    st.sampled_from([None, 1]),
+)
+
+nodes_strategy = st.builds(
+    Node,
+    name=st.binary(min_size=1, max_size=16),
+    type=st.sampled_from(NODE_TYPES),
+    mode=_u32,
+    mtime=go_times(),
+    atime=go_times(),
+    ctime=go_times(),
+    uid=_u32,
+    gid=_u32,
+    user=_text,
+    group=_text,
+    inode=_u64,
+    device_id=_u64,
+    size=_u64,
+    links=_u64,
+    linktarget=st.binary(max_size=12),
+    extended_attributes=st.lists(
+        st.builds(ExtendedAttribute, _text, st.none() | st.binary(max_size=8)), max_size=3
+    ),
+    generic_attributes=st.none() | st.dictionaries(_text, _raw_json, min_size=1, max_size=3),
+    device=_u64,
+    content=st.none() | st.lists(st.binary(min_size=32, max_size=32), max_size=3),
+    subtree=st.none() | st.binary(min_size=32, max_size=32),
+    error=_text,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(nodes_strategy, max_size=5, unique_by=lambda n: n.name))
+def test_encode_decode_round_trip(nodes: list[Node]) -> None:
+    data = encode_tree(nodes)
+    back = decode_tree(data)
+    assert back == sorted(nodes, key=lambda n: n.name)
+    assert encode_tree(back) == data
+    json.loads(data)  # any JSON parser reads it
+
+
+# --- the live oracle: real restic 0.14 -----------------------------------------------------
+
+TRICKY_NAMES = [
+    b"bad-\xff\xfe-utf8",
+    b"back\\slash",
+    b'double"quote',
+    b"tab\there",
+    b"new\nline",
+    "para\u2028sep".encode(),
+    b"html<&>",
+    "nbsp\u00a0x".encode(),
+    "emoji-\U0001f600".encode(),
+    b"\x01ctrl\x7f",
+    "\u00e9-nfc".encode(),
+    "melt-\U0001fae0".encode(),  # Unicode 14: not printable for restic 0.14's Go 1.19
+]
+
+
+WEIRD_TARGET = 't\t\x08\x0c\u2028\u2029<&>\x7f"\\\u00a0\ufffd'.encode()
+
+
+def _make_tricky_dir(root: Path) -> None:
+    broot = os.fsencode(root)
+    for i, name in enumerate(TRICKY_NAMES):
+        path = os.path.join(broot, name)
+        with open(path, "wb") as f:
+            f.write(b"x" * i)
+        os.chmod(path, 0o640 if i % 2 else 0o600)
+    sub = os.path.join(broot, b"sub\xffdir")
+    os.mkdir(sub)
+    os.symlink(b"target-\xff-not-utf8", os.path.join(sub, b"bad-link"))
+    os.symlink(b"../html<&>", os.path.join(sub, b"good-link"))
+    # A target goes through Go's JSON string rules directly (no strconv.Quote).
+    os.symlink(WEIRD_TARGET, os.path.join(sub, b"weird-link"))
+    os.mkfifo(os.path.join(sub, b"fifo"))
+    os.mkdir(os.path.join(sub, b"empty"))
+    # Winter and summer times, before 1970, and a nanosecond.
+    times = [
+        (1610000000_123456789, 1610000000_123456789),
+        (1625000000_000000001, 1625000000_000000001),
+        (-14182940_000000000, -14182940_000000000),
+    ]
+    for i, name in enumerate(TRICKY_NAMES):
+        atime, mtime = times[i % len(times)]
+        os.utime(os.path.join(broot, name), ns=(atime, mtime))
+    os.utime(sub, ns=times[1])
+
+
+def _collect_trees(repo: Path, tree_id: str, out: dict[str, bytes]) -> None:
+    if tree_id in out:
+        return
+    data = run_restic(repo, "cat", "blob", tree_id).stdout
+    out[tree_id] = data
+    for node in decode_tree(data):
+        if node.subtree is not None:
+            _collect_trees(repo, node.subtree.hex(), out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tz", ["UTC", "Europe/Berlin"])
+def test_live_restic_trees_round_trip(tmp_path: Path, tz: str) -> None:
+    repo = tmp_path / "repo"
+    src = tmp_path / "src"
+    src.mkdir()
+    _make_tricky_dir(src)
+    env = {"TZ": tz}
+    run_restic(repo, "init", env=env)
+    run_restic(repo, "backup", ".", env=env, cwd=src)
+    snap_id = run_restic(repo, "snapshots", "--json", env=env).stdout
+    [snap] = json.loads(snap_id)
+    trees: dict[str, bytes] = {}
+    _collect_trees(repo, snap["tree"], trees)
+    assert len(trees) >= 3  # root, sub, empty
+    seen_offsets: set[int] = set()
+    for tree_id, data in trees.items():
+        assert hashlib.sha256(data).hexdigest() == tree_id
+        nodes = decode_tree(data)
+        assert encode_tree(nodes) == data, data
+        seen_offsets.update(n.mtime.offset for n in nodes)
+    root = {n.name: n for n in decode_tree(trees[snap["tree"]])}
+    assert set(TRICKY_NAMES) <= set(root)
+    assert b'"name":"melt-\\\\U0001fae0"' in trees[snap["tree"]]
+    if tz == "Europe/Berlin":
+        assert {3600, 7200} <= seen_offsets
+    else:
+        assert seen_offsets == {0}
+    [sub] = [n for n in root.values() if n.name == b"sub\xffdir"]
+    assert sub.subtree is not None
+    links = {n.name: n for n in decode_tree(trees[sub.subtree.hex()])}
+    assert links[b"good-link"].linktarget == b"../html<&>"
+    assert links[b"weird-link"].linktarget == WEIRD_TARGET
+    assert type(links[b"weird-link"].linktarget) is bytes  # its U+FFFD is a real one
+    # 0.14 stores the invalid target lossily; our reader returns what restic would restore.
+    assert links[b"bad-link"].linktarget == "target-\ufffd-not-utf8".encode()
