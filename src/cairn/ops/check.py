@@ -1,0 +1,502 @@
+"""The ``check`` operation: is the repository consistent, and (with ``read_data``) intact?
+
+Structure (restic 0.14 ``check``): every index file loads; the packs the index names exist
+with the size the index predicts (blob lengths + header entries of 37/41 bytes + 32 + 4);
+packs no index names are reported as orphans (harmless, ``prune`` removes them); every
+snapshot loads; every tree reachable from a snapshot loads, and every blob it references
+is in the index. With ``read_data`` every selected pack is read whole: its SHA-256 must be
+its name, its header must decrypt and agree with the index, and every blob must decrypt,
+decompress and hash to its ID.
+
+Every error names the damaged pack/blob and the snapshots that depend on it; finding those
+needs a second walk over the trees, done only when something is wrong.
+
+Locking: like restic 0.14, check takes an exclusive lock unless ``lock=False`` (the CLI's
+``--no-lock``). Nothing is printed; progress goes through a callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import random
+import re
+import struct
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from cairn.backend.base import FileType, Handle
+from cairn.errors import CairnError, CheckFailedError, IntegrityError, UsageError
+from cairn.repo.crypto import OVERHEAD
+from cairn.repo.ids import BlobType
+from cairn.repo.index import PackedBlob, decode_index
+from cairn.repo.node import Node
+from cairn.repo.pack import COMPRESSED_ENTRY, MAX_HEADER, PLAIN_ENTRY, open_blob, parse_header
+from cairn.repo.repository import Repository
+from cairn.repo.snapshot import Snapshot
+
+
+@dataclass
+class CheckError:
+    """One problem. ``kind`` is one of: index, pack-missing, pack-size, pack-damaged,
+    blob-damaged, blob-missing, tree-damaged, tree-invalid, snapshot-damaged."""
+
+    kind: str
+    message: str
+    pack: str | None = None  # hex ID
+    blob: str | None = None  # hex ID
+    #: IDs (hex) of the snapshots that reach the damaged pack/blob
+    snapshots: list[str] = field(default_factory=list)
+    #: blobs whose loss this error means, used to find the affected snapshots
+    blobs: list[bytes] = field(default_factory=list, repr=False)
+
+    def __str__(self) -> str:
+        if not self.snapshots:
+            return self.message
+        shown = ", ".join(s[:8] for s in self.snapshots)
+        return f"{self.message} (used by snapshot{'s' if len(self.snapshots) > 1 else ''} {shown})"
+
+
+@dataclass(frozen=True)
+class CheckProgress:
+    """``phase`` is "index", "packs", "snapshots", "trees" or "read-data"."""
+
+    phase: str
+    done: int
+    total: int
+
+
+@dataclass
+class CheckResult:
+    errors: list[CheckError] = field(default_factory=list)
+    #: packs in the repository that no index names (restic: "additional files", not errors)
+    orphaned_packs: list[str] = field(default_factory=list)
+    index_files: int = 0
+    packs: int = 0
+    snapshots: int = 0
+    trees: int = 0
+    packs_read: int = 0
+    blobs_read: int = 0
+    bytes_read: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def damaged_snapshots(self) -> list[str]:
+        return sorted({s for e in self.errors for s in e.snapshots})
+
+    def raise_for_errors(self) -> None:
+        """CheckFailedError (exit code 1) when anything was found."""
+        if self.errors:
+            raise CheckFailedError(
+                f"check found {len(self.errors)} errors; first: {self.errors[0]}"
+            )
+
+
+ProgressCallback = Callable[[CheckProgress], None]
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def select_packs(
+    packs: dict[bytes, int], subset: str | None, rng: random.Random | None = None
+) -> list[bytes]:
+    """The packs ``--read-data-subset`` chooses from ``packs`` (ID -> size): ``n/t`` (restic's
+    bucket rule: first ID byte % t == n-1), ``x%`` (a random fraction, at least one pack) or
+    a size like ``500M`` (random packs up to that many bytes)."""
+    ids = sorted(packs)
+    if not subset:
+        return ids
+    rng = rng or random.Random()
+    text = subset.strip()
+    m = re.fullmatch(r"(\d+)/(\d+)", text)
+    if m:
+        n, t = int(m.group(1)), int(m.group(2))
+        if t < 1 or not 1 <= n <= t:
+            raise UsageError(f"--read-data-subset {subset!r}: need n/t with 1 <= n <= t")
+        return [p for p in ids if p[0] % t == n - 1]
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)%", text)
+    if m:
+        pct = float(m.group(1))
+        if not 0 < pct <= 100:
+            raise UsageError(f"--read-data-subset {subset!r}: percentage must be in (0, 100]")
+        count = int(len(ids) * pct / 100)
+        if ids and count < 1:
+            count = 1
+        return sorted(rng.sample(ids, count))
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", text.lower())
+    if m:
+        limit = float(m.group(1)) * _SIZE_UNITS[m.group(2)]
+        chosen, total = [], 0
+        for p in rng.sample(ids, len(ids)):
+            if total + packs[p] > limit:
+                continue
+            chosen.append(p)
+            total += packs[p]
+        return sorted(chosen)
+    raise UsageError(f"--read-data-subset {subset!r}: expected n/t, x% or a size like 1G")
+
+
+def _blob_key(b: PackedBlob) -> tuple[int, bytes, int, int, int]:
+    return (int(b.type), b.id, b.offset, b.length, b.uncompressed_length)
+
+
+def predicted_pack_size(blobs: Iterable[PackedBlob]) -> int:
+    """Pack size implied by its index entries (spec §7.2)."""
+    total = OVERHEAD + 4
+    for b in blobs:
+        total += b.length + (COMPRESSED_ENTRY if b.uncompressed_length else PLAIN_ENTRY)
+    return total
+
+
+class _Checker:
+    def __init__(self, repo: Repository, progress: ProgressCallback | None, workers: int):
+        self.repo = repo
+        self.progress = progress
+        self.workers = max(1, workers)
+        self.result = CheckResult()
+        self._lock = threading.Lock()
+        self.snapshots: list[tuple[str, Snapshot]] = []
+
+    def report(self, phase: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(CheckProgress(phase, done, total))
+
+    def error(self, err: CheckError) -> None:
+        with self._lock:
+            self.result.errors.append(err)
+
+    # --- structure ------------------------------------------------------------------
+
+    def load_snapshots(self) -> None:
+        names = self.repo.list_snapshots()
+        self.result.snapshots = len(names)
+        for i, name in enumerate(names):
+            try:
+                self.snapshots.append((name, self.repo.load_snapshot(name)))
+            except CairnError as e:
+                self.error(CheckError("snapshot-damaged", f"snapshot {name[:8]}: {e}"))
+            self.report("snapshots", i + 1, len(names))
+
+    def load_index(self) -> None:
+        """Each index file on its own, so one damaged file does not hide the others."""
+        names = [fi.name for fi in self.repo.backend.list(FileType.INDEX)]
+        self.result.index_files = len(names)
+
+        def load(name: str) -> None:
+            try:
+                packs, _ = decode_index(self.repo.files.load(FileType.INDEX, name))
+            except CairnError as e:
+                self.error(CheckError("index", f"index {name[:8]}: {e}"))
+                return
+            for pack_id, entries in packs:
+                self.repo.index.add_pack(pack_id, entries)
+
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="cairn-check") as pool:
+            for i, _ in enumerate(pool.map(load, names)):
+                self.report("index", i + 1, len(names))
+
+    def check_packs(self) -> tuple[dict[bytes, list[PackedBlob]], dict[bytes, int]]:
+        """Index vs. the packs really there; returns (index by pack, existing pack sizes)."""
+        by_pack = self.repo.index.by_pack()
+        listed = {bytes.fromhex(fi.name): fi.size for fi in self.repo.backend.list(FileType.PACK)}
+        self.result.packs = len(listed)
+        for i, (pack_id, blobs) in enumerate(sorted(by_pack.items())):
+            self.report("packs", i + 1, len(by_pack))
+            size = listed.get(pack_id)
+            name = pack_id.hex()
+            ids = [b.id for b in blobs]
+            if size is None:
+                self.error(
+                    CheckError("pack-missing", f"pack {name[:16]} does not exist", name, blobs=ids)
+                )
+                continue
+            want = predicted_pack_size(blobs)
+            if size != want:
+                self.error(
+                    CheckError(
+                        "pack-size",
+                        f"pack {name[:16]}: unexpected file size: got {size}, expected {want}",
+                        name,
+                        blobs=ids,
+                    )
+                )
+        self.result.orphaned_packs = sorted(p.hex() for p in listed.keys() - by_pack.keys())
+        return by_pack, listed
+
+    def _load_tree(self, tree_id: bytes) -> tuple[bytes, list[Node] | CairnError]:
+        try:
+            return tree_id, list(self.repo.load_tree(tree_id))
+        except CairnError as e:
+            return tree_id, e
+
+    def walk_trees(self) -> None:
+        """Breadth first over every reachable tree, loading each level in parallel."""
+        index = self.repo.index
+        seen: set[bytes] = set()
+        frontier: list[bytes] = []
+        for _sid, snap in self.snapshots:
+            if snap.tree not in seen:
+                seen.add(snap.tree)
+                frontier.append(snap.tree)
+        done = 0
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="cairn-check") as pool:
+            while frontier:
+                nxt: list[bytes] = []
+                for tid, loaded in pool.map(self._load_tree, frontier):
+                    done += 1
+                    self.report("trees", done, len(seen))
+                    t = tid.hex()
+                    if isinstance(loaded, CairnError):
+                        kind = (
+                            "blob-missing" if not index.has(BlobType.TREE, tid) else "tree-damaged"
+                        )
+                        self.error(
+                            CheckError(kind, f"tree {t[:16]}: {loaded}", blob=t, blobs=[tid])
+                        )
+                        continue
+                    for node in loaded:
+                        for sub in self._check_node(tid, node):
+                            if sub not in seen:
+                                seen.add(sub)
+                                nxt.append(sub)
+                frontier = nxt
+        self.result.trees = len(seen)
+
+    def _check_node(self, tid: bytes, node: Node) -> Iterator[bytes]:
+        """Errors for one node; yields the subtree to visit."""
+        where = f"tree {tid.hex()[:16]}, {node.type} {node.name.decode('utf-8', 'replace')!r}"
+        if node.type == "file":
+            if node.content is None:
+                self.error(
+                    CheckError("tree-invalid", f"{where}: file has no content list", blobs=[tid])
+                )
+                return
+            for i, bid in enumerate(node.content):
+                if not self.repo.index.has(BlobType.DATA, bid):
+                    self.error(
+                        CheckError(
+                            "blob-missing",
+                            f"{where}: data blob #{i} {bid.hex()[:16]} is not in the index",
+                            blob=bid.hex(),
+                            blobs=[bid],
+                        )
+                    )
+        elif node.type == "dir":
+            if node.subtree is None:
+                self.error(
+                    CheckError("tree-invalid", f"{where}: directory has no subtree", blobs=[tid])
+                )
+                return
+            if not self.repo.index.has(BlobType.TREE, node.subtree):
+                self.error(
+                    CheckError(
+                        "blob-missing",
+                        f"{where}: tree {node.subtree.hex()[:16]} is not in the index",
+                        blob=node.subtree.hex(),
+                        blobs=[node.subtree],
+                    )
+                )
+                return
+            yield node.subtree
+        elif node.type not in ("symlink", "dev", "chardev", "fifo", "socket", "irregular"):
+            self.error(CheckError("tree-invalid", f"{where}: unknown node type", blobs=[tid]))
+
+    # --- data -----------------------------------------------------------------------
+
+    def read_packs(self, by_pack: dict[bytes, list[PackedBlob]], selected: list[bytes]) -> None:
+        total = len(selected)
+        counter = iter(range(1, total + 1))
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="cairn-check") as pool:
+            for _ in pool.map(lambda p: self._read_pack(p, by_pack.get(p, [])), selected):
+                self.report("read-data", next(counter), total)
+
+    def _read_pack(self, pack_id: bytes, indexed: list[PackedBlob]) -> None:
+        name = pack_id.hex()
+        ids = [b.id for b in indexed]
+        try:
+            data = self.repo.backend.load(Handle(FileType.PACK, name))
+        except CairnError as e:
+            self.error(CheckError("pack-damaged", f"pack {name[:16]}: {e}", name, blobs=ids))
+            return
+        with self._lock:
+            self.result.packs_read += 1
+            self.result.bytes_read += len(data)
+        if not hmac.compare_digest(hashlib.sha256(data).digest(), pack_id):
+            self.error(
+                CheckError(
+                    "pack-damaged",
+                    f"pack {name[:16]}: content does not match its ID (SHA-256 is "
+                    f"{hashlib.sha256(data).hexdigest()[:16]})",
+                    name,
+                    blobs=ids,
+                )
+            )
+        try:
+            header = self._parse_header(pack_id, data)
+        except IntegrityError as e:
+            self.error(CheckError("pack-damaged", f"pack {name[:16]}: {e}", name, blobs=ids))
+            return
+        key = _blob_key
+        in_header = {key(b) for b in header}
+        for b in indexed:
+            if key(b) not in in_header:
+                self.error(
+                    CheckError(
+                        "pack-damaged",
+                        f"pack {name[:16]}: {b.type.label} blob {b.id.hex()[:16]} at offset "
+                        f"{b.offset} is in the index but not in the pack header",
+                        name,
+                        b.id.hex(),
+                        blobs=[b.id],
+                    )
+                )
+        in_index = {key(b) for b in indexed}
+        view = memoryview(data)
+        blobs_ok = 0
+        for b in header:
+            if key(b) not in in_index:
+                self.error(
+                    CheckError(
+                        "pack-damaged",
+                        f"pack {name[:16]}: {b.type.label} blob {b.id.hex()[:16]} is in the pack "
+                        f"header but not in the index",
+                        name,
+                        b.id.hex(),
+                    )
+                )
+            try:
+                open_blob(self.repo.key, b, view[b.offset : b.offset + b.length])
+                blobs_ok += 1
+            except IntegrityError as e:
+                self.error(
+                    CheckError(
+                        "blob-damaged", f"pack {name[:16]}: {e}", name, b.id.hex(), blobs=[b.id]
+                    )
+                )
+        with self._lock:
+            self.result.blobs_read += blobs_ok
+
+    def _parse_header(self, pack_id: bytes, data: bytes) -> list[PackedBlob]:
+        size = len(data)
+        if size < 4:
+            raise IntegrityError(f"{size} bytes is too small for a pack")
+        (hlen,) = struct.unpack_from("<I", data, size - 4)
+        if hlen < OVERHEAD or hlen > MAX_HEADER or hlen + 4 > size:
+            raise IntegrityError(f"invalid header length {hlen} for a {size}-byte pack")
+        try:
+            plain = self.repo.key.open(memoryview(data)[size - 4 - hlen : size - 4])
+        except IntegrityError as e:
+            raise IntegrityError(f"header is damaged: {e}") from e
+        header = parse_header(plain, pack_id)
+        end = sum(b.length for b in header)
+        if end + hlen + 4 != size:
+            raise IntegrityError(f"header describes {end + hlen + 4} bytes, the file has {size}")
+        return header
+
+    # --- who depends on what ----------------------------------------------------------
+
+    def attribute_snapshots(self) -> None:
+        """Fill ``snapshots`` of every error: which snapshots reach its blobs."""
+        index = self.repo.index
+        errors = [e for e in self.result.errors if e.blobs]
+        if not errors:
+            return
+        damaged_packs = {e.pack for e in self.result.errors if e.pack and e.kind != "blob-damaged"}
+        bad: set[bytes] = set()
+        for e in errors:
+            for bid in e.blobs:
+                copies = index.lookup_all(BlobType.DATA, bid) + index.lookup_all(BlobType.TREE, bid)
+                # a blob with an intact copy elsewhere is not lost
+                if e.kind.startswith("pack") and any(
+                    c.pack_id.hex() not in damaged_packs for c in copies
+                ):
+                    continue
+                bad.add(bid)
+        if not bad:
+            return
+        reach = _Reach(self.repo, bad)
+        users: dict[bytes, set[str]] = {}
+        for sid, snap in self.snapshots:
+            for bid in reach.of(snap.tree):
+                users.setdefault(bid, set()).add(sid)
+        for e in errors:
+            found: set[str] = set()
+            for bid in e.blobs:
+                found |= users.get(bid, set())
+            e.snapshots = sorted(found)
+
+
+class _Reach:
+    """Which of the ``bad`` blobs each tree reaches (memoised over the tree DAG)."""
+
+    _EMPTY: frozenset[bytes] = frozenset()
+
+    def __init__(self, repo: Repository, bad: set[bytes]):
+        self.repo = repo
+        self.bad = bad
+        self.memo: dict[bytes, frozenset[bytes]] = {}
+
+    def of(self, root: bytes) -> frozenset[bytes]:
+        # iterative post-order: trees may nest deeper than the recursion limit
+        stack: list[tuple[bytes, list[bytes] | None]] = [(root, None)]
+        own: dict[bytes, set[bytes]] = {}
+        while stack:
+            tid, children = stack.pop()
+            if tid in self.memo:
+                continue
+            if children is None:
+                found = {tid} & self.bad
+                subs: list[bytes] = []
+                try:
+                    nodes = self.repo.load_tree(tid)
+                except CairnError:
+                    nodes = []
+                for node in nodes:
+                    if node.content:
+                        found.update(b for b in node.content if b in self.bad)
+                    if node.subtree is not None:
+                        if node.subtree in self.bad:
+                            found.add(node.subtree)
+                        subs.append(node.subtree)
+                own[tid] = found
+                stack.append((tid, subs))
+                stack.extend((s, None) for s in subs if s not in self.memo)
+                continue
+            acc = own.pop(tid)
+            for s in children:
+                acc |= self.memo.get(s, self._EMPTY)
+            self.memo[tid] = frozenset(acc) if acc else self._EMPTY
+        return self.memo.get(root, self._EMPTY)
+
+
+def check(
+    repo: Repository,
+    *,
+    read_data: bool = False,
+    read_data_subset: str | None = None,
+    progress: ProgressCallback | None = None,
+    lock: bool = True,
+    workers: int = 4,
+) -> CheckResult:
+    """Check the repository; ``read_data_subset`` implies reading data. Returns the result
+    (``result.ok``); the caller turns errors into an exit code (``raise_for_errors``)."""
+    if read_data_subset is not None:
+        select_packs({}, read_data_subset)  # reject a malformed subset before any work
+    checker = _Checker(repo, progress, workers)
+    with repo.lock(exclusive=True) if lock else contextlib.nullcontext():
+        # snapshots before the index (spec §14.1)
+        checker.load_snapshots()
+        checker.load_index()
+        by_pack, listed = checker.check_packs()
+        checker.walk_trees()
+        if read_data or read_data_subset:
+            present = {p: listed[p] for p in by_pack if p in listed}
+            checker.read_packs(by_pack, select_packs(present, read_data_subset))
+        checker.attribute_snapshots()
+    return checker.result

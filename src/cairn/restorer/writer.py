@@ -1,0 +1,283 @@
+"""The content pipeline: read each pack once, write every blob to every place that uses it.
+
+Blobs are grouped by pack so that each pack is read with few ranged requests
+(``Repository.read_pack_blobs``); worker threads each take one pack at a time, and the
+repository layer decrypts, decompresses and verifies in the calling thread (native code
+releasing the GIL), so packs are processed in parallel. Files are pre-created at their
+final size and blobs land with ``pwrite`` at their offsets, so memory is bounded by the
+blobs in flight (workers x one read span), never by file size.
+
+Sparse restore (the default, like ``restic restore --sparse``): the all-zero 512 KiB chunk
+that the chunker produces for runs of zeros is never read nor written, and aligned 64 KiB
+runs of zeros inside other blobs are skipped; since files are truncated to size first,
+skipped ranges read back as zeros and stay holes on the disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cairn.errors import CairnError
+from cairn.repo.ids import BlobType
+from cairn.repo.index import PackedBlob
+from cairn.repo.node import Node
+from cairn.restorer.metadata import remove_existing
+from cairn.restorer.progress import ProgressTracker
+
+if TYPE_CHECKING:
+    from cairn.repo.repository import Repository
+
+#: ID of the 512 KiB all-zero chunk (spec §13.3), the same in every repository.
+ZERO_CHUNK_ID = hashlib.sha256(bytes(512 * 1024)).digest()
+#: Zero runs are detected at this granularity (aligned to file offsets).
+SPARSE_SEGMENT = 64 * 1024
+_ZERO_SEGMENT = bytes(SPARSE_SEGMENT)
+
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+_REWRITE_FLAGS = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+
+
+@dataclass
+class _Use:
+    """One place a blob goes: file number and offset."""
+
+    file: int
+    offset: int
+
+
+@dataclass
+class _PackWork:
+    pack_id: bytes
+    blobs: list[PackedBlob]
+    uses: dict[bytes, list[_Use]]
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data = data[n:]
+        offset += n
+
+
+def write_blob(fd: int, data: bytes, offset: int, sparse: bool) -> None:
+    """Write ``data`` at ``offset``; in sparse mode skip aligned all-zero segments."""
+    view = memoryview(data)
+    n = len(data)
+    if not sparse or n < SPARSE_SEGMENT:
+        _pwrite_all(fd, view, offset)
+        return
+    run_start = 0
+    pos = (-offset) % SPARSE_SEGMENT
+    while pos + SPARSE_SEGMENT <= n:
+        # startswith compares in place (memcmp), no copy of the segment
+        if data.startswith(_ZERO_SEGMENT, pos):
+            if pos > run_start:
+                _pwrite_all(fd, view[run_start:pos], offset + run_start)
+            run_start = pos + SPARSE_SEGMENT
+        pos += SPARSE_SEGMENT
+    if n > run_start:
+        _pwrite_all(fd, view[run_start:], offset + run_start)
+
+
+def create_file(path: bytes, size: int) -> None:
+    """Create (or replace) ``path`` as an empty regular file of ``size`` bytes (a hole)."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS, 0o600)
+    except FileExistsError:
+        remove_existing(path)
+        fd = os.open(path, _OPEN_FLAGS, 0o600)
+    try:
+        if size:
+            os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+
+
+class ContentWriter:
+    """Restores the content of regular files; collects per-file failures."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        paths: Sequence[bytes],
+        nodes: Sequence[Node],
+        tracker: ProgressTracker,
+        *,
+        sparse: bool = True,
+        workers: int = 4,
+    ) -> None:
+        self.repo = repo
+        self.paths = paths
+        self.nodes = nodes
+        self.tracker = tracker
+        self.sparse = sparse
+        self.workers = max(1, workers)
+        #: file number -> first error message
+        self.failed: dict[int, str] = {}
+        #: files whose size in the tree differs from their content
+        self.warnings: list[str] = []
+        self._remaining = [0] * len(paths)
+        self._sizes: list[int] = []
+        self._lock = threading.Lock()
+
+    # --- bookkeeping ------------------------------------------------------------
+
+    def _fail(self, file: int, message: str) -> None:
+        with self._lock:
+            self.failed.setdefault(file, message)
+
+    def _done_uses(self, counts: dict[int, int], nbytes: int) -> None:
+        finished = 0
+        with self._lock:
+            for f, c in counts.items():
+                self._remaining[f] -= c
+                if self._remaining[f] == 0:
+                    finished += 1
+        self.tracker.add(files=finished, nbytes=nbytes)
+
+    # --- planning ---------------------------------------------------------------
+
+    def _group(self) -> list[_PackWork]:
+        """Look up every content blob and group the uses by pack."""
+        index = self.repo.index
+        packs: dict[bytes, _PackWork] = {}
+        for f, node in enumerate(self.nodes):
+            offset = 0
+            count = 0
+            for bid in node.content or ():
+                pb = index.lookup(BlobType.DATA, bid)
+                if pb is None:
+                    path = os.fsdecode(self.paths[f])
+                    self._fail(f, f"{path}: data blob {bid.hex()} is not in the index")
+                    break
+                length = pb.plaintext_length
+                if not (self.sparse and bid == ZERO_CHUNK_ID):
+                    work = packs.get(pb.pack_id)
+                    if work is None:
+                        work = packs[pb.pack_id] = _PackWork(pb.pack_id, [], {})
+                    uses = work.uses.get(bid)
+                    if uses is None:
+                        uses = work.uses[bid] = []
+                        work.blobs.append(pb)
+                    uses.append(_Use(f, offset))
+                    count += 1
+                offset += length
+            if offset != node.size and f not in self.failed:
+                self.warnings.append(
+                    f"{os.fsdecode(self.paths[f])}: content is {offset} bytes, "
+                    f"the snapshot says {node.size}"
+                )
+            self._remaining[f] = count
+            self._sizes.append(offset)
+        return sorted(packs.values(), key=lambda w: w.pack_id)
+
+    # --- running ----------------------------------------------------------------
+
+    def run(self) -> None:
+        """Create every file, then fill them pack by pack with worker threads."""
+        work = self._group()
+        empty = 0
+        for f, path in enumerate(self.paths):
+            try:
+                create_file(path, self._sizes[f])
+            except OSError as e:
+                self._fail(f, f"{os.fsdecode(path)}: cannot create: {e.strerror}")
+            if f in self.failed or self._remaining[f] == 0:
+                self._remaining[f] = 0
+                empty += 1
+        # files without blobs to write, and the zero chunks skipped, are done right away
+        self.tracker.add(files=empty, nbytes=self._zero_bytes(work))
+        jobs: queue.SimpleQueue[_PackWork | None] = queue.SimpleQueue()
+        for w in work:
+            jobs.put(w)
+        threads = [
+            threading.Thread(target=self._worker, args=(jobs,), daemon=True)
+            for _ in range(min(self.workers, len(work)))
+        ]
+        for _ in threads:
+            jobs.put(None)
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def _zero_bytes(self, work: list[_PackWork]) -> int:
+        """Bytes that need no write at all (the skipped zero chunks)."""
+        total = sum(self._sizes)
+        for w in work:
+            for b in w.blobs:
+                total -= b.plaintext_length * len(w.uses[b.id])
+        return total
+
+    def _worker(self, jobs: queue.SimpleQueue[_PackWork | None]) -> None:
+        while True:
+            w = jobs.get()
+            if w is None:
+                return
+            pending = dict(w.uses)
+            try:
+                self._restore_pack(w, pending)
+            except Exception as e:  # noqa: BLE001 - a failing pack only fails its files
+                msg = f"pack {w.pack_id.hex()[:16]}: {e or type(e).__name__}"
+                for uses in pending.values():
+                    for u in uses:
+                        self._fail(u.file, f"{os.fsdecode(self.paths[u.file])}: {msg}")
+                self._done_uses(_count_uses(pending.values()), 0)
+
+    def _restore_pack(self, w: _PackWork, pending: dict[bytes, list[_Use]]) -> None:
+        """Write the blobs of one pack; ``pending`` loses each blob as it is handled."""
+        fds: dict[int, int] = {}
+        try:
+            for pb, result in self.repo.read_pack_blobs(w.pack_id, w.blobs):
+                uses = pending.pop(pb.id, None)
+                if uses is None:
+                    continue
+                data = result if isinstance(result, bytes) else self._other_copy(pb, result)
+                if isinstance(data, CairnError):
+                    for u in uses:
+                        self._fail(u.file, f"{os.fsdecode(self.paths[u.file])}: {data}")
+                    self._done_uses(_count_uses([uses]), 0)
+                    continue
+                written = 0
+                for u in uses:
+                    if u.file in self.failed:
+                        continue
+                    try:
+                        fd = fds.get(u.file)
+                        if fd is None:
+                            fd = fds[u.file] = os.open(self.paths[u.file], _REWRITE_FLAGS)
+                        write_blob(fd, data, u.offset, self.sparse)
+                    except OSError as e:
+                        path = os.fsdecode(self.paths[u.file])
+                        self._fail(u.file, f"{path}: cannot write: {e.strerror}")
+                        continue
+                    written += len(data)
+                self._done_uses(_count_uses([uses]), written)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        if pending:
+            raise CairnError("the pack did not return every requested blob")
+
+    def _other_copy(self, pb: PackedBlob, error: CairnError) -> bytes | CairnError:
+        """A damaged copy: the same blob may be stored intact in another pack."""
+        if len(self.repo.index.lookup_all(BlobType.DATA, pb.id)) < 2:
+            return error
+        try:
+            return self.repo.load_blob(BlobType.DATA, pb.id)
+        except CairnError:
+            return error
+
+
+def _count_uses(use_lists: Iterable[list[_Use]]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for uses in use_lists:
+        for u in uses:
+            counts[u.file] = counts.get(u.file, 0) + 1
+    return counts
