@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -86,3 +87,15 @@ def run_restic(
             f"{proc.stdout.decode(errors='replace')}\n{proc.stderr.decode(errors='replace')}"
         )
     return proc
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixtures' deterministic dataset (variant 1), generated once per session."""
+    root = tmp_path_factory.mktemp("dataset") / "dataset"
+    subprocess.run(
+        [sys.executable, str(FIXTURES / "make_dataset.py"), str(root), "--variant", "1"],
+        check=True,
+        capture_output=True,
+    )
+    return root

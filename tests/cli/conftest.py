@@ -8,9 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import FIXTURES, TEST_KDF
+from tests.conftest import TEST_KDF
 
 CairnRunner = Callable[..., subprocess.CompletedProcess[bytes]]
 
@@ -53,15 +51,3 @@ def run_cairn(
             f"stderr: {proc.stderr.decode(errors='replace')[-3000:]}"
         )
     return proc
-
-
-@pytest.fixture(scope="session")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The fixtures' deterministic dataset (variant 1), generated once per session."""
-    root = tmp_path_factory.mktemp("dataset") / "dataset"
-    subprocess.run(
-        [sys.executable, str(FIXTURES / "make_dataset.py"), str(root), "--variant", "1"],
-        check=True,
-        capture_output=True,
-    )
-    return root
