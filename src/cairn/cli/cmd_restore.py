@@ -6,6 +6,7 @@ import click
 
 from cairn.cli.context import GlobalOptions
 from cairn.cli.output import human_duration, human_size, print_json
+from cairn.ops.check import check
 from cairn.ops.restore import restore
 
 pass_globals = click.make_pass_decorator(GlobalOptions)
@@ -14,13 +15,35 @@ pass_globals = click.make_pass_decorator(GlobalOptions)
 @click.command(name="restore")
 @click.argument("snapshot")
 @click.option("-t", "--target", required=True, metavar="DIR", help="Directory to restore into.")
-@click.option("-i", "--include", multiple=True, metavar="PATTERN", help="Restore only matching paths (repeatable).")
-@click.option("-e", "--exclude", multiple=True, metavar="PATTERN", help="Do not restore matching paths (repeatable).")
-@click.option("--verify", is_flag=True, help="Re-read every restored file and compare it with the snapshot.")
-@click.option("--sparse/--no-sparse", default=True, show_default=True, help="Leave runs of zeros as holes.")
-@click.option("-H", "--host", "hosts", multiple=True, metavar="HOST", help="With 'latest': only this host.")
-@click.option("--tag", "tags", multiple=True, metavar="TAG[,TAG]", help="With 'latest': only these tags.")
-@click.option("--path", "paths", multiple=True, metavar="PATH", help="With 'latest': only these paths.")
+@click.option(
+    "-i",
+    "--include",
+    multiple=True,
+    metavar="PATTERN",
+    help="Restore only matching paths (repeatable).",
+)
+@click.option(
+    "-e",
+    "--exclude",
+    multiple=True,
+    metavar="PATTERN",
+    help="Do not restore matching paths (repeatable).",
+)
+@click.option(
+    "--verify", is_flag=True, help="Re-read every restored file and compare it with the snapshot."
+)
+@click.option(
+    "--sparse/--no-sparse", default=True, show_default=True, help="Leave runs of zeros as holes."
+)
+@click.option(
+    "-H", "--host", "hosts", multiple=True, metavar="HOST", help="With 'latest': only this host."
+)
+@click.option(
+    "--tag", "tags", multiple=True, metavar="TAG[,TAG]", help="With 'latest': only these tags."
+)
+@click.option(
+    "--path", "paths", multiple=True, metavar="PATH", help="With 'latest': only these paths."
+)
 @pass_globals
 def restore_cmd(
     g: GlobalOptions,
@@ -85,4 +108,79 @@ def restore_cmd(
     result.raise_for_errors()
 
 
-COMMANDS = [restore_cmd]
+@click.command(name="check")
+@click.option("--read-data", is_flag=True, help="Also read, decrypt and hash every blob.")
+@click.option(
+    "--read-data-subset",
+    metavar="n/t|x%|SIZE",
+    help="Read only part of the data: bucket n of t, a percentage, or a size.",
+)
+@pass_globals
+def check_cmd(g: GlobalOptions, read_data: bool, read_data_subset: str | None) -> None:
+    """Check the repository: index, packs, snapshots and trees agree; with --read-data every
+    blob decrypts and hashes to its ID. Errors name the damaged pack and the snapshots that
+    depend on it."""
+    repo = g.open_repository()
+    if not g.quiet and not g.json:
+        click.echo(
+            "checking index, packs, snapshots and trees"
+            + (" and reading data" if read_data or read_data_subset else ""),
+            err=True,
+        )
+    result = check(
+        repo,
+        read_data=read_data or bool(read_data_subset),
+        read_data_subset=read_data_subset,
+        lock=not g.no_lock,
+    )
+    if g.json:
+        for e in result.errors:
+            print_json(
+                {
+                    "message_type": "error",
+                    "kind": e.kind,
+                    "message": str(e),
+                    "pack": e.pack,
+                    "blob": e.blob,
+                    "snapshots": e.snapshots,
+                }
+            )
+        print_json(
+            {
+                "message_type": "summary",
+                "errors": len(result.errors),
+                "damaged_snapshots": result.damaged_snapshots,
+                "orphaned_packs": len(result.orphaned_packs),
+                "index_files": result.index_files,
+                "packs": result.packs,
+                "snapshots": result.snapshots,
+                "trees": result.trees,
+                "packs_read": result.packs_read,
+                "blobs_read": result.blobs_read,
+                "bytes_read": result.bytes_read,
+            }
+        )
+    else:
+        for e in result.errors:
+            click.echo(f"error: {e}")
+        if result.orphaned_packs and not g.quiet:
+            click.echo(
+                f"{len(result.orphaned_packs)} additional packs are in no index (not an error; prune removes them)"
+            )
+        if not g.quiet:
+            click.echo(
+                f"{result.snapshots} snapshots, {result.trees} trees, {result.packs} packs"
+                + (
+                    f"; read {result.packs_read} packs, {result.blobs_read} blobs, {human_size(result.bytes_read)}"
+                    if result.packs_read
+                    else ""
+                )
+            )
+        if result.damaged_snapshots:
+            click.echo("damaged snapshots: " + " ".join(s[:8] for s in result.damaged_snapshots))
+        if result.ok:
+            click.echo("no errors were found")
+    result.raise_for_errors()
+
+
+COMMANDS = [restore_cmd, check_cmd]

@@ -7,6 +7,7 @@ Every failure becomes one line on standard error and a documented exit code (see
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -29,10 +30,18 @@ def _parse_options(values: Sequence[str]) -> dict[str, str]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("-r", "--repo", "repo", metavar="URL", help="Repository (or CAIRN_REPOSITORY / RESTIC_REPOSITORY).")
+@click.option(
+    "-r",
+    "--repo",
+    "repo",
+    metavar="URL",
+    help="Repository (or CAIRN_REPOSITORY / RESTIC_REPOSITORY).",
+)
 @click.option("--repository-file", metavar="FILE", help="Read the repository location from FILE.")
 @click.option("-p", "--password-file", metavar="FILE", help="Read the password from FILE.")
-@click.option("--password-command", metavar="CMD", help="Run CMD and use its output as the password.")
+@click.option(
+    "--password-command", metavar="CMD", help="Run CMD and use its output as the password."
+)
 @click.option("--key-hint", metavar="ID", help="Try the key file with this ID first.")
 @click.option("--json", "json_output", is_flag=True, help="Machine-readable output (JSON lines).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and results.")
@@ -40,7 +49,14 @@ def _parse_options(values: Sequence[str]) -> dict[str, str]:
 @click.option("--no-lock", is_flag=True, help="Do not lock the repository (read-only commands).")
 @click.option("--cache-dir", metavar="DIR", help="Where to keep the local metadata cache.")
 @click.option("--no-cache", is_flag=True, help="Do not use a local cache.")
-@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE", help="Backend option, e.g. sftp.command=... (repeatable).")
+@click.option(
+    "-o",
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Backend option, e.g. sftp.command=... (repeatable).",
+)
 @click.version_option(__version__, "-V", "--version", prog_name="cairn")
 @click.pass_context
 def cli(
@@ -90,11 +106,39 @@ def _register() -> None:
 _register()
 
 
+def _prepare_process() -> None:
+    """Process-wide settings that a library must not make for its caller."""
+    # restic (and cairn's own `unlock`) probe whether a lock's owner on this host is alive
+    # by sending it SIGHUP; like restic, survive the probe.
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _tune_malloc()
+
+
+def _tune_malloc() -> None:
+    """Keep freed multi-MiB buffers in the heap instead of returning them to the kernel:
+    otherwise every 1-8 MiB chunk, zstd frame and ciphertext is a fresh mmap with page
+    faults (measured: saving blobs 154 -> 259 MiB/s on two cores)."""
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, 32 << 20)
+        libc.mallopt(m_trim_threshold, 256 << 20)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: run the command, map errors to one line and an exit code."""
     debug = bool(os.environ.get("CAIRN_DEBUG"))
+    _prepare_process()
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="cairn", standalone_mode=False)
+        cli.main(
+            args=list(argv) if argv is not None else None, prog_name="cairn", standalone_mode=False
+        )
     except click.exceptions.Abort:
         _fail("interrupted", Interrupted.exit_code)
     except click.ClickException as e:
