@@ -1,0 +1,303 @@
+"""The index: where each blob lives (spec §8), in memory and as index files.
+
+``MasterIndex`` is the union of all index files. It must hold millions of blobs, so it
+keeps no Python object per blob: fixed-size records in a bytearray (40 bytes) plus the
+first 8 bytes of each ID in an ``array('Q')`` (8 bytes), and an open-addressing table of
+``uint32`` record numbers keyed by those 8 bytes (5-11 bytes per blob at a load factor of
+0.375-0.75). About 60 bytes per blob in all.
+
+Reads take no lock: writers append the record before they publish its table slot and
+swap in a rebuilt table as one attribute store, so a reader sees either the old or the new
+state, never a half-written one (the GIL makes each array/bytearray access atomic).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+import threading
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from cairn.errors import FormatError
+from cairn.repo.crypto import OVERHEAD
+from cairn.repo.ids import BlobType
+
+#: restic starts a new index file after this many blobs.
+INDEX_FILE_BLOBS = 50_000
+
+
+@dataclass(frozen=True)
+class PackedBlob:
+    """One stored copy of a blob: pack, offset, stored length (incl. the 32 crypto bytes)
+    and the plaintext length if compressed (0 = stored uncompressed)."""
+
+    type: BlobType
+    id: bytes
+    pack_id: bytes
+    offset: int
+    length: int
+    uncompressed_length: int
+
+    @property
+    def plaintext_length(self) -> int:
+        return self.uncompressed_length or self.length - OVERHEAD
+
+
+#: One record: id[8:32], pack number | type << 31, offset, length, uncompressed length.
+_REC = struct.Struct("<24sIIII")
+_REC_SIZE = _REC.size
+_TYPE_BIT = 1 << 31
+_MAX_LOAD = 0.75
+
+
+def _key(blob_id: bytes) -> int:
+    return int.from_bytes(blob_id[:8], "little")
+
+
+class MasterIndex:
+    """Compact, thread-safe map (type, blob ID) -> stored copies. Duplicates (the same blob
+    in several packs) are kept; the exact same copy listed twice is stored once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._prefix = array("Q")
+        self._rest = bytearray()
+        self._packs: list[bytes] = []
+        self._pack_no: dict[bytes, int] = {}
+        self._table = array("I", bytes(4 * 1024))
+        self._count = 0
+
+    # --- reading --------------------------------------------------------------
+
+    def _records(self, t: BlobType, blob_id: bytes, first_only: bool = False) -> list[int]:
+        """Record numbers of every copy of (t, blob_id); a plain loop, no generator: this
+        is the hot path of dedup during backup."""
+        key = int.from_bytes(blob_id[:8], "little")
+        tail = blob_id[8:]
+        table = self._table
+        prefix = self._prefix
+        rest = self._rest
+        mask = len(table) - 1
+        i = key & mask
+        found: list[int] = []
+        while True:
+            slot = table[i]
+            if not slot:
+                return found
+            r = slot - 1
+            if prefix[r] == key:
+                base = r * _REC_SIZE
+                if rest[base : base + 24] == tail and (rest[base + 27] >> 7) == t:
+                    found.append(r)
+                    if first_only:
+                        return found
+            i = (i + 1) & mask
+
+    def _blob(self, r: int) -> PackedBlob:
+        tail, packword, offset, length, ulen = _REC.unpack_from(self._rest, r * _REC_SIZE)
+        bid = self._prefix[r].to_bytes(8, "little") + tail
+        return PackedBlob(
+            BlobType(packword >> 31), bid, self._packs[packword & ~_TYPE_BIT], offset, length, ulen
+        )
+
+    def lookup(self, t: BlobType, blob_id: bytes) -> PackedBlob | None:
+        """One stored copy of the blob, or None."""
+        found = self._records(t, blob_id, True)
+        return self._blob(found[0]) if found else None
+
+    def lookup_all(self, t: BlobType, blob_id: bytes) -> list[PackedBlob]:
+        """Every stored copy of the blob (several after interrupted or concurrent writes)."""
+        return [self._blob(r) for r in self._records(t, blob_id)]
+
+    def has(self, t: BlobType, blob_id: bytes) -> bool:
+        return bool(self._records(t, blob_id, True))
+
+    def __len__(self) -> int:
+        """Number of stored copies (a blob in two packs counts twice)."""
+        return self._count
+
+    def __iter__(self) -> Iterator[PackedBlob]:
+        for r in range(self._count):
+            yield self._blob(r)
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the index structures (for diagnostics and the size test)."""
+        return (
+            sys.getsizeof(self._rest)
+            + sys.getsizeof(self._prefix)
+            + sys.getsizeof(self._table)
+            + sys.getsizeof(self._packs)
+            + sys.getsizeof(self._pack_no)
+            + sum(sys.getsizeof(p) for p in self._packs)
+        )
+
+    def pack_ids(self) -> set[bytes]:
+        """Every pack some index file lists."""
+        return set(self._packs)
+
+    def by_pack(self) -> dict[bytes, list[PackedBlob]]:
+        """Blobs grouped by pack, each list sorted by offset (for check and prune)."""
+        out: dict[bytes, list[PackedBlob]] = {}
+        for b in self:
+            out.setdefault(b.pack_id, []).append(b)
+        for blobs in out.values():
+            blobs.sort(key=lambda b: b.offset)
+        return out
+
+    # --- writing --------------------------------------------------------------
+
+    def add(self, blobs: Iterable[PackedBlob]) -> None:
+        """Add stored copies (e.g. of a pack that was just uploaded)."""
+        by_pack: dict[bytes, list[tuple[int, bytes, int, int, int]]] = {}
+        for b in blobs:
+            by_pack.setdefault(b.pack_id, []).append(
+                (int(b.type), b.id, b.offset, b.length, b.uncompressed_length)
+            )
+        for pack_id, entries in by_pack.items():
+            self.add_pack(pack_id, entries)
+
+    def add_pack(self, pack_id: bytes, entries: Sequence[tuple[int, bytes, int, int, int]]) -> None:
+        """Add the blobs of one pack: (type, id, offset, length, uncompressed_length)."""
+        with self._lock:
+            pack_no = self._pack_no.get(pack_id)
+            if pack_no is None:
+                pack_no = len(self._packs)
+                if pack_no >= _TYPE_BIT:
+                    raise OverflowError("too many packs for the in-memory index")
+                self._packs.append(pack_id)
+                self._pack_no[pack_id] = pack_no
+            self._reserve(self._count + len(entries))
+            table = self._table
+            mask = len(table) - 1
+            prefix = self._prefix
+            rest = self._rest
+            pack_rec = _REC.pack
+            for t, bid, offset, length, ulen in entries:
+                if len(bid) != 32:
+                    raise FormatError(f"invalid blob ID of {len(bid)} bytes")
+                key = _key(bid)
+                tail = bid[8:]
+                packword = pack_no | (int(t) << 31)
+                i = key & mask
+                duplicate = False
+                while True:
+                    slot = table[i]
+                    if not slot:
+                        break
+                    r = slot - 1
+                    if prefix[r] == key:
+                        base = r * _REC_SIZE
+                        if rest[base : base + 28] == tail + packword.to_bytes(4, "little"):
+                            duplicate = True  # the same copy listed by two index files
+                            break
+                    i = (i + 1) & mask
+                if duplicate:
+                    continue
+                r = self._count
+                # Record first, table slot last: lock-free readers never see a slot
+                # that points past the records.
+                prefix.append(key)
+                rest += pack_rec(tail, packword, offset, length, ulen)
+                table[i] = r + 1
+                self._count = r + 1
+
+    def _reserve(self, n: int) -> None:
+        """Grow the table (rebuilt off to the side, then swapped in) for ``n`` records."""
+        size = len(self._table)
+        if n <= size * _MAX_LOAD:
+            return
+        while n > size * _MAX_LOAD:
+            size *= 2
+        table = array("I", bytes(4 * size))
+        mask = size - 1
+        prefix = self._prefix
+        for r in range(self._count):
+            i = prefix[r] & mask
+            while table[i]:
+                i = (i + 1) & mask
+            table[i] = r + 1
+        self._table = table
+
+
+# --- index files ------------------------------------------------------------------
+
+#: (pack ID, [(type, blob ID, offset, length, uncompressed_length), ...])
+PackEntries = tuple[bytes, list[tuple[int, bytes, int, int, int]]]
+
+
+def encode_index(
+    packs: Iterable[tuple[bytes, Sequence[PackedBlob]]], supersedes: Sequence[str] = ()
+) -> bytes:
+    """restic's index JSON: compact, fields in restic's order, ``uncompressed_length`` only
+    for compressed blobs, and Go's json.Encoder newline at the end."""
+    parts: list[str] = ["{"]
+    if supersedes:
+        parts.append('"supersedes":[' + ",".join(f'"{s}"' for s in supersedes) + "],")
+    parts.append('"packs":[')
+    first_pack = True
+    for pack_id, blobs in packs:
+        if not first_pack:
+            parts.append(",")
+        first_pack = False
+        parts.append(f'{{"id":"{pack_id.hex()}","blobs":[')
+        parts.append(
+            ",".join(
+                f'{{"id":"{b.id.hex()}","type":"{b.type.label}","offset":{b.offset},'
+                f'"length":{b.length}'
+                + (
+                    f',"uncompressed_length":{b.uncompressed_length}}}'
+                    if b.uncompressed_length
+                    else "}"
+                )
+                for b in blobs
+            )
+        )
+        parts.append("]}")
+    parts.append("]}\n")
+    return "".join(parts).encode("ascii")
+
+
+_TYPES = {"data": 0, "tree": 1}
+
+
+def decode_index(data: bytes) -> tuple[list[PackEntries], list[str]]:
+    """Parse an index file: (packs, supersedes). Accepts the legacy bare-array form."""
+    try:
+        doc = json.loads(data)
+        if isinstance(doc, list):
+            packs_doc, supersedes = doc, []
+        elif isinstance(doc, dict):
+            packs_doc = doc.get("packs") or []
+            supersedes = [str(s) for s in doc.get("supersedes") or []]
+        else:
+            raise ValueError("not a JSON object")
+        out: list[PackEntries] = []
+        fromhex = bytes.fromhex
+        for p in packs_doc:
+            entries = []
+            for b in p.get("blobs") or []:
+                t = _TYPES.get(b["type"])
+                if t is None:
+                    raise ValueError(f"invalid blob type {b['type']!r}")
+                bid = fromhex(b["id"])
+                if len(bid) != 32:
+                    raise ValueError("blob ID is not 32 bytes")
+                entries.append(
+                    (
+                        t,
+                        bid,
+                        int(b["offset"]),
+                        int(b["length"]),
+                        int(b.get("uncompressed_length") or 0),
+                    )
+                )
+            pid = fromhex(p["id"])
+            if len(pid) != 32:
+                raise ValueError("pack ID is not 32 bytes")
+            out.append((pid, entries))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise FormatError(f"invalid index file: {e}") from e
+    return out, supersedes

@@ -1,0 +1,282 @@
+"""Saving blobs: dedup, compress + seal in the caller's thread, fill packs, upload them in
+the background, then write index files (spec §7, §8, §14).
+
+Many worker threads call :meth:`BlobSaver.save_blob` at once. The expensive, GIL-releasing
+work (zstd, AES, SHA-256) runs in those threads outside any lock; the lock only guards the
+dedup set and the append to the open pack. A full pack goes to a bounded queue drained by
+uploader threads (one per backend connection), so at most a few packs are in memory. After
+a pack is stored its blobs enter the in-memory index and the list of blobs an index file
+must still describe; index files are written only for packs that exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+from collections.abc import Sequence
+
+from cairn.backend.base import Backend, FileType, Handle
+from cairn.errors import CairnError
+from cairn.repo.compression import LEVELS, compress
+from cairn.repo.crypto import OVERHEAD, Key
+from cairn.repo.files import FileStore
+from cairn.repo.ids import BlobType, blob_id
+from cairn.repo.index import INDEX_FILE_BLOBS, MasterIndex, PackedBlob, encode_index
+from cairn.repo.pack import COMPRESSED_ENTRY, MAX_HEADER, header_entry, seal_header
+
+DEFAULT_PACK_SIZE = 16 * 1024 * 1024
+_MAX_BLOB = (1 << 32) - 1
+#: Pack buffers are allocated up front up to this size and grow beyond it when needed.
+_MAX_PREALLOC = 32 * 1024 * 1024
+
+#: (type, id, offset, length, uncompressed_length), as MasterIndex.add_pack takes them.
+Entry = tuple[int, bytes, int, int, int]
+
+
+class _Pack:
+    """A pack being filled: a reusable buffer, its used size, and the header entries."""
+
+    __slots__ = ("type", "buf", "size", "entries", "header")
+
+    def __init__(self, t: BlobType, buf: bytearray) -> None:
+        self.type = t
+        self.buf = buf
+        self.size = 0
+        self.entries: list[Entry] = []
+        self.header = bytearray()
+
+    def write(self, data: bytes | bytearray) -> None:
+        end = self.size + len(data)
+        if end <= len(self.buf):
+            self.buf[self.size : end] = data  # same-size slice assignment: no realloc
+        else:
+            del self.buf[self.size :]
+            self.buf += data
+        self.size = end
+
+    def append(self, sealed: bytes | bytearray, entry: Entry, header: bytes) -> None:
+        self.write(sealed)
+        self.entries.append(entry)
+        self.header += header
+
+
+class BlobSaver:
+    """Thread-safe blob writer for one repository."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        key: Key,
+        index: MasterIndex,
+        files: FileStore,
+        *,
+        version: int,
+        compression: str = "auto",
+        pack_size: int = DEFAULT_PACK_SIZE,
+    ) -> None:
+        if compression != "off" and compression not in LEVELS:
+            raise ValueError(f"unknown compression mode {compression!r}")
+        self.backend = backend
+        self.key = key
+        self.index = index
+        self.files = files
+        self.version = version
+        self.compression = compression
+        self.pack_size = pack_size
+        self._lock = threading.Lock()
+        self._open: dict[BlobType, _Pack] = {}
+        self._pending: set[tuple[int, bytes]] = set()
+        self._unsaved: list[tuple[bytes, list[Entry]]] = []
+        self._unsaved_count = 0
+        self._index_lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._workers = max(1, int(getattr(backend, "connections", 2) or 1))
+        # Bounded: a producer blocks while every uploader is busy and the queue is full.
+        self._queue: queue.Queue[_Pack | None] = queue.Queue(maxsize=self._workers)
+        self._threads: list[threading.Thread] = []
+        self._free: list[bytearray] = []
+        self._max_free = 2 + 2 * self._workers
+        self._closed = False
+
+    # --- public ---------------------------------------------------------------
+
+    def save_blob(
+        self, t: BlobType, data: bytes | bytearray | memoryview, bid: bytes | None = None
+    ) -> tuple[bytes, bool, int]:
+        """Store a blob unless the index or a pending pack has it already.
+        Returns (id, newly added, stored size incl. the 32 crypto bytes; 0 for a duplicate)."""
+        self._raise_error()
+        if self._closed:
+            raise CairnError("the repository was closed; blobs can no longer be saved")
+        if bid is None:
+            bid = blob_id(data)
+        key = (int(t), bid)
+        with self._lock:
+            if key in self._pending or self.index.has(t, bid):
+                return bid, False, 0
+            self._pending.add(key)
+        try:
+            payload, ulen = self._encode(t, data)
+            sealed = self.key.seal(payload)
+            if len(sealed) > _MAX_BLOB:
+                raise CairnError(f"blob of {len(data)} bytes is too large for a pack")
+        except BaseException:
+            with self._lock:
+                self._pending.discard(key)
+            raise
+        full = self._append(t, bid, sealed, ulen)
+        if full is not None:
+            self._submit(full)
+        return bid, True, len(sealed)
+
+    def flush(self) -> None:
+        """Finish the open packs, wait for every upload, then write the index files that
+        describe them. Call it when no other thread is saving blobs."""
+        self._raise_error()
+        with self._lock:
+            packs = [p for p in self._open.values() if p.entries]
+            self._open.clear()
+        for p in packs:
+            self._submit(p)
+        self._queue.join()
+        self._raise_error()
+        self._write_index(force=True)
+
+    def close(self) -> None:
+        """Stop the uploader threads (without flushing: unflushed blobs are dropped)."""
+        if self._closed:
+            return
+        self._closed = True
+        for _ in self._threads:
+            self._queue.put(None)
+        for th in self._threads:
+            th.join()
+        self._threads.clear()
+
+    @property
+    def pending_count(self) -> int:
+        """Blobs accepted but not yet in the index (for progress and tests)."""
+        return len(self._pending)
+
+    # --- internals --------------------------------------------------------------
+
+    def _encode(
+        self, t: BlobType, data: bytes | bytearray | memoryview
+    ) -> tuple[bytes | bytearray | memoryview, int]:
+        """What to seal, and the uncompressed length (0 = stored uncompressed).
+
+        v1 never compresses; "off" leaves data blobs alone (trees are still compressed, as
+        restic does); an empty blob is never marked compressed (length 0 is ambiguous)."""
+        n = len(data)
+        if self.version < 2 or n == 0 or (t is BlobType.DATA and self.compression == "off"):
+            return data, 0
+        level = LEVELS.get(self.compression, LEVELS["auto"])
+        return compress(data, level), n
+
+    def _append(self, t: BlobType, bid: bytes, sealed: bytearray, ulen: int) -> _Pack | None:
+        n = len(sealed)
+        entry_size = COMPRESSED_ENTRY if ulen else COMPRESSED_ENTRY - 4
+        with self._lock:
+            pack = self._open.get(t)
+            if pack is None:
+                pack = self._open[t] = _Pack(t, self._take_buffer())
+            entry: Entry = (int(t), bid, pack.size, n, ulen)
+            pack.append(sealed, entry, header_entry(t, n, ulen, bid))
+            header_full = len(pack.header) + entry_size + COMPRESSED_ENTRY + OVERHEAD > MAX_HEADER
+            if pack.size >= self.pack_size or header_full:
+                del self._open[t]
+                return pack
+        return None
+
+    def _take_buffer(self) -> bytearray:
+        if self._free:
+            return self._free.pop()
+        # Pre-sized so filling a pack is slice assignment into existing memory; reused
+        # afterwards because fresh large allocations are slow in a long-running process.
+        return bytearray(min(self.pack_size, _MAX_PREALLOC) + (1 << 20))
+
+    def _give_buffer(self, buf: bytearray) -> None:
+        with self._lock:
+            if len(self._free) < self._max_free and len(buf) <= 2 * self.pack_size + (1 << 24):
+                self._free.append(buf)
+
+    def _submit(self, pack: _Pack) -> None:
+        if not self._threads and not self._closed:
+            with self._lock:
+                if not self._threads:
+                    for i in range(self._workers):
+                        th = threading.Thread(
+                            target=self._uploader, name=f"cairn-pack-upload-{i}", daemon=True
+                        )
+                        th.start()
+                        self._threads.append(th)
+        self._queue.put(pack)
+
+    def _uploader(self) -> None:
+        while True:
+            pack = self._queue.get()
+            if pack is None:
+                self._queue.task_done()
+                return
+            try:
+                if self._error is None:
+                    self._upload(pack)
+            except BaseException as e:  # handed to the caller at the next save/flush
+                if self._error is None:
+                    self._error = e
+            finally:
+                with self._lock:
+                    for t, bid, *_ in pack.entries:
+                        self._pending.discard((t, bid))
+                self._give_buffer(pack.buf)
+                self._queue.task_done()
+
+    def _upload(self, pack: _Pack) -> None:
+        pack.write(seal_header(self.key, bytes(pack.header)))
+        with memoryview(pack.buf) as whole, whole[: pack.size] as view:
+            pack_id = hashlib.sha256(view).digest()
+            self.backend.save(Handle(FileType.PACK, pack_id.hex()), view)
+        # Index before dropping from "pending" (done by the caller): a concurrent save of
+        # the same blob always finds it in one of the two.
+        self.index.add_pack(pack_id, pack.entries)
+        with self._index_lock:
+            self._unsaved.append((pack_id, pack.entries))
+            self._unsaved_count += len(pack.entries)
+            full = self._unsaved_count >= INDEX_FILE_BLOBS
+        if full:
+            self._write_index(force=False)
+
+    def _write_index(self, force: bool) -> None:
+        """Write one index file for the uploaded packs not yet described by one."""
+        with self._index_lock:
+            if not self._unsaved or (not force and self._unsaved_count < INDEX_FILE_BLOBS):
+                return
+            batch, self._unsaved, self._unsaved_count = self._unsaved, [], 0
+            try:
+                self.files.save(FileType.INDEX, encode_index(_as_blobs(batch)))
+            except BaseException:
+                # Keep them for the next attempt: the packs exist but no index names them yet.
+                self._unsaved = batch + self._unsaved
+                self._unsaved_count += sum(len(e) for _, e in batch)
+                raise
+
+    def _raise_error(self) -> None:
+        err = self._error
+        if err is not None:
+            if isinstance(err, CairnError):
+                raise err
+            raise CairnError(f"uploading a pack failed: {err}") from err
+
+
+def _as_blobs(batch: Sequence[tuple[bytes, list[Entry]]]) -> list[tuple[bytes, list[PackedBlob]]]:
+    return [
+        (
+            pid,
+            [
+                PackedBlob(BlobType(t), bid, pid, off, length, ulen)
+                for t, bid, off, length, ulen in entries
+            ],
+        )
+        for pid, entries in batch
+    ]

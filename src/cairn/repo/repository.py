@@ -1,0 +1,388 @@
+"""A restic-format repository opened with a key: the one object the layers above use.
+
+It ties together the key files, the config, the JSON files, the index, the blob writer,
+trees, snapshots and locks. It prints nothing and keeps no global state; every failure is a
+``cairn.errors`` exception with a message a user can act on.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+
+from cairn.backend.base import Backend, FileType, Handle
+from cairn.errors import (
+    AlreadyExistsError,
+    BackendError,
+    BlobNotFoundError,
+    CairnError,
+    IntegrityError,
+    NotFoundError,
+    RepositoryExistsError,
+    RepositoryNotFoundError,
+    SnapshotNotFoundError,
+    UsageError,
+)
+from cairn.repo.compression import LEVELS
+from cairn.repo.config import LATEST_VERSION, Config
+from cairn.repo.crypto import Key
+from cairn.repo.files import FileStore
+from cairn.repo.ids import BlobType
+from cairn.repo.index import MasterIndex, PackedBlob, decode_index
+from cairn.repo.keys import KdfParams, default_kdf, open_master_key
+from cairn.repo.keys import add_key as _add_key
+from cairn.repo.lock import Lock, remove_stale_locks
+from cairn.repo.node import Node
+from cairn.repo.pack import coalesce, open_blob, read_header
+from cairn.repo.packer import DEFAULT_PACK_SIZE, BlobSaver
+from cairn.repo.snapshot import Snapshot, latest, resolve_prefix
+from cairn.repo.tree import decode_tree, encode_tree
+
+__all__ = ["Config", "KdfParams", "Repository"]
+
+COMPRESSION_MODES = ("auto", "off", "max", "fastest", "better")
+#: Gaps up to this size between wanted blobs are read and discarded (one request is cheaper).
+_READ_GAP = 256 * 1024
+_READ_SPAN = 32 * 1024 * 1024
+
+_CONFIG = Handle(FileType.CONFIG)
+
+
+class Repository:
+    """An open repository. Thread-safe for blob reads and :meth:`save_blob`."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        config: Config,
+        key: Key,
+        *,
+        key_name: str | None = None,
+        compression: str = "auto",
+        pack_size: int = DEFAULT_PACK_SIZE,
+    ) -> None:
+        self.backend = backend
+        self.config = config
+        self.key = key
+        #: The key file the password opened (None right after ``init``'s key is unknown).
+        self.key_name = key_name
+        self.files = FileStore(backend, key, config.version)
+        self._index = MasterIndex()
+        self._compression = "auto"
+        self.compression = compression
+        self._pack_size = pack_size
+        self._saver: BlobSaver | None = None
+        self._saver_lock = threading.Lock()
+        self._locks: list[Lock] = []
+
+    # --- creating and opening ---------------------------------------------------------
+
+    @classmethod
+    def init(
+        cls,
+        backend: Backend,
+        password: str,
+        *,
+        version: int = LATEST_VERSION,
+        polynomial: int | None = None,
+        kdf: KdfParams | None = None,
+    ) -> Repository:
+        """Create a new repository: directories, a key file for ``password``, the config.
+        ``kdf`` None means parameters calibrated like restic's (or $CAIRN_KDF_PARAMS)."""
+        if backend.exists(_CONFIG):
+            raise RepositoryExistsError(f"a repository already exists at {backend.location}")
+        config = Config.new(version, polynomial)
+        params = kdf or default_kdf()
+        try:
+            backend.create()
+        except AlreadyExistsError as e:
+            raise RepositoryExistsError(f"a repository already exists at {backend.location}") from e
+        master = Key.random()
+        while not master.valid():  # pragma: no cover - all-zero parts are astronomically rare
+            master = Key.random()
+        name = _add_key(backend, master, password, params)
+        # The config comes last: a repository "exists" once it does, and by then a key does too.
+        backend.save(_CONFIG, master.seal(config.encode()))
+        return cls(backend, config, master, key_name=name)
+
+    @classmethod
+    def open(cls, backend: Backend, password: str, *, key_hint: str | None = None) -> Repository:
+        """Open with a password. RepositoryNotFoundError, WrongPasswordError,
+        UnsupportedRepositoryError or IntegrityError when that is what stands in the way."""
+        try:
+            sealed_config = backend.load(_CONFIG)
+        except NotFoundError as e:
+            raise RepositoryNotFoundError(
+                f"there is no repository at {backend.location} (no config file); "
+                f"`cairn init` creates one"
+            ) from e
+        master, name = open_master_key(backend, password, key_hint=key_hint)
+        try:
+            plain = master.open(sealed_config)
+        except IntegrityError as e:
+            raise IntegrityError(
+                f"the config file of {backend.location} is damaged or belongs to another "
+                f"repository ({e})"
+            ) from e
+        return cls(backend, Config.decode(plain), master, key_name=name)
+
+    def add_key(
+        self,
+        password: str,
+        kdf: KdfParams | None = None,
+        *,
+        username: str | None = None,
+        hostname: str | None = None,
+    ) -> str:
+        """Add a key file for another password (same master key); returns its ID.
+        ``username``/``hostname`` default to the current user and host (informational)."""
+        return _add_key(
+            self.backend,
+            self.key,
+            password,
+            kdf or default_kdf(),
+            username=username,
+            hostname=hostname,
+        )
+
+    # --- settings -----------------------------------------------------------------------
+
+    @property
+    def compression(self) -> str:
+        """ "auto" | "off" | "max" | "fastest" | "better" (no effect in a version-1 repository)."""
+        return self._compression
+
+    @compression.setter
+    def compression(self, mode: str) -> None:
+        if mode not in COMPRESSION_MODES:
+            raise UsageError(
+                f"unknown compression mode {mode!r} (use {', '.join(COMPRESSION_MODES)})"
+            )
+        self._compression = mode
+        self.files.level = LEVELS.get(mode, LEVELS["auto"])
+        saver = getattr(self, "_saver", None)
+        if saver is not None:
+            saver.compression = mode
+
+    @property
+    def pack_size(self) -> int:
+        """Target pack size in bytes (16 MiB by default)."""
+        return self._pack_size
+
+    @pack_size.setter
+    def pack_size(self, size: int) -> None:
+        if size < 1:
+            raise UsageError("the pack size must be positive")
+        self._pack_size = size
+        if self._saver is not None:
+            self._saver.pack_size = size
+
+    # --- JSON files -----------------------------------------------------------------------
+
+    def load_file(self, t: FileType, name: str) -> bytes:
+        """Decrypt (and decompress) a snapshot/index/lock file; checks its name."""
+        return self.files.load(t, name)
+
+    def save_file(self, t: FileType, plaintext: bytes) -> str:
+        """Compress (v2), seal and store a JSON file; returns its name."""
+        return self.files.save(t, plaintext)
+
+    # --- index ----------------------------------------------------------------------------
+
+    @property
+    def index(self) -> MasterIndex:
+        """The in-memory index (all loaded index files plus packs uploaded since)."""
+        return self._index
+
+    @index.setter
+    def index(self, index: MasterIndex) -> None:
+        """Replace the index (e.g. a fresh one before reloading after prune)."""
+        self._index = index
+        if self._saver is not None:
+            self._saver.index = index
+
+    def load_index(self) -> None:
+        """Load every index file (in parallel) into :attr:`index`. Safe to call again:
+        copies already known are not added twice."""
+        names = [fi.name for fi in self.backend.list(FileType.INDEX)]
+        if not names:
+            return
+
+        def load(name: str) -> None:
+            try:
+                packs, _ = decode_index(self.files.load(FileType.INDEX, name))
+            except IntegrityError as e:
+                raise type(e)(f"index/{name[:8]}: {e}") from e
+            for pack_id, entries in packs:
+                self.index.add_pack(pack_id, entries)
+
+        workers = min(len(names), max(4, 2 * self.backend.connections))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cairn-index") as pool:
+            for _ in pool.map(load, names):
+                pass
+
+    # --- blobs ----------------------------------------------------------------------------
+
+    def load_blob(self, t: BlobType, blob_id: bytes) -> bytes:
+        """The plaintext of a blob, verified against its ID; other copies are tried when
+        one is damaged or missing."""
+        copies = self.index.lookup_all(t, blob_id)
+        if not copies:
+            raise BlobNotFoundError(
+                f"{t.label} blob {blob_id.hex()} is not in the index (run `check`)"
+            )
+        error: CairnError | None = None
+        for pb in copies:
+            try:
+                sealed = self.backend.load(
+                    Handle(FileType.PACK, pb.pack_id.hex()), pb.offset, pb.length
+                )
+                return open_blob(self.key, pb, sealed)
+            except (IntegrityError, BackendError) as e:
+                error = e
+        assert error is not None
+        raise error
+
+    def read_pack_blobs(
+        self, pack_id: bytes, blobs: Sequence[PackedBlob]
+    ) -> Iterator[tuple[PackedBlob, bytes | CairnError]]:
+        """Read several blobs of one pack with few ranged reads, in offset order. A damaged
+        or unreadable blob is yielded with its error instead of raising."""
+        handle = Handle(FileType.PACK, pack_id.hex())
+        for group in coalesce(blobs, _READ_GAP, _READ_SPAN):
+            start = group[0].offset
+            end = max(b.offset + b.length for b in group)
+            try:
+                data = memoryview(self.backend.load(handle, start, end - start))
+            except BackendError as e:
+                for b in group:
+                    yield b, e
+                continue
+            for b in group:
+                rel = b.offset - start
+                try:
+                    yield b, open_blob(self.key, b, data[rel : rel + b.length])
+                except IntegrityError as e:
+                    yield b, e
+
+    def list_pack_blobs(self, pack_id: bytes, size: int | None = None) -> list[PackedBlob]:
+        """The blobs a pack's own header lists (no index needed; for check and repair)."""
+        return read_header(self.backend, self.key, pack_id, size)
+
+    def _blob_saver(self) -> BlobSaver:
+        saver = self._saver
+        if saver is None:
+            with self._saver_lock:
+                if self._saver is None:
+                    self._saver = BlobSaver(
+                        self.backend,
+                        self.key,
+                        self._index,
+                        self.files,
+                        version=self.config.version,
+                        compression=self._compression,
+                        pack_size=self._pack_size,
+                    )
+                saver = self._saver
+        return saver
+
+    def save_blob(
+        self, t: BlobType, data: bytes | bytearray | memoryview, blob_id: bytes | None = None
+    ) -> tuple[bytes, bool, int]:
+        """Store a blob unless known (thread-safe). Returns (id, newly added, stored size
+        including the 32 crypto bytes, 0 for a duplicate). Upload errors surface here or
+        at :meth:`flush`."""
+        return self._blob_saver().save_blob(t, data, blob_id)
+
+    def flush(self) -> None:
+        """Finish open packs, wait for their upload, write index files for them."""
+        if self._saver is not None:
+            self._saver.flush()
+
+    # --- trees and snapshots ------------------------------------------------------------
+
+    def load_tree(self, tree_id: bytes) -> list[Node]:
+        return decode_tree(self.load_blob(BlobType.TREE, tree_id))
+
+    def save_tree(self, nodes: list[Node]) -> bytes:
+        """Encode (byte-identical to restic) and store a tree; returns its ID."""
+        return self.save_blob(BlobType.TREE, encode_tree(nodes))[0]
+
+    def list_snapshots(self) -> list[str]:
+        return [fi.name for fi in self.backend.list(FileType.SNAPSHOT)]
+
+    def load_snapshot(self, snap_id: str) -> Snapshot:
+        """A snapshot by full ID (or unique prefix)."""
+        if len(snap_id) != 64:
+            snap_id = resolve_prefix(snap_id, self.list_snapshots())
+        try:
+            return Snapshot.decode(self.files.load(FileType.SNAPSHOT, snap_id))
+        except NotFoundError as e:
+            raise SnapshotNotFoundError(f"snapshot {snap_id[:8]} does not exist") from e
+
+    def load_snapshots(self) -> list[tuple[str, Snapshot]]:
+        """Every snapshot (loaded in parallel), in listing order."""
+        names = self.list_snapshots()
+        if not names:
+            return []
+        workers = min(len(names), max(4, 2 * self.backend.connections))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cairn-snap") as pool:
+            return list(zip(names, pool.map(self.load_snapshot, names), strict=True))
+
+    def save_snapshot(self, snap: Snapshot) -> str:
+        """Store a snapshot, after flushing pending blobs and their index (never a
+        snapshot before its trees and index). Returns its ID."""
+        self.flush()
+        return self.files.save(FileType.SNAPSHOT, snap.encode())
+
+    def find_snapshot(
+        self,
+        ref: str,
+        *,
+        hosts: Sequence[str] = (),
+        paths: Sequence[str] = (),
+        tags: Sequence[str] = (),
+    ) -> tuple[str, Snapshot]:
+        """``latest`` (newest matching the filters), a full ID or a unique prefix."""
+        if ref == "latest":
+            return latest(self.load_snapshots(), hosts, paths, tags)
+        sid = resolve_prefix(ref, self.list_snapshots())
+        return sid, self.load_snapshot(sid)
+
+    # --- locks ------------------------------------------------------------------------------
+
+    def lock(self, exclusive: bool = False) -> Lock:
+        """Take a shared or exclusive lock (restic's protocol); use ``with repo.lock():``.
+        It is refreshed in the background and removed on exit or :meth:`close`."""
+        lk = Lock(self.files, exclusive).acquire()
+        self._locks = [held for held in self._locks if held.name is not None]
+        self._locks.append(lk)
+        return lk
+
+    def unlock(self, remove_all: bool = False) -> list[str]:
+        """Remove stale locks (all locks with ``remove_all``); returns the removed IDs."""
+        return remove_stale_locks(self.files, remove_all)
+
+    # --- lifetime ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop background threads, release locks and close the backend. Does not flush."""
+        if self._saver is not None:
+            self._saver.close()
+        for lk in self._locks:
+            lk.release()
+        self._locks.clear()
+        self.backend.close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
