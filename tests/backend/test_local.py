@@ -1,0 +1,76 @@
+"""LocalBackend against the shared backend contract, plus what only a directory can show."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cairn.backend.base import Backend, FileType, Handle
+from cairn.backend.local import LocalBackend
+from tests.backend.contract import BackendContract, new_id
+
+
+def break_os_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next file write stores half its buffer, the one after fails with ENOSPC."""
+    real_write = os.write
+    calls = 0
+
+    def write(fd: int, data: bytes | memoryview) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return real_write(fd, memoryview(data)[: max(1, len(data) // 2)])
+        if calls == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+
+
+class TestLocal(BackendContract):
+    @pytest.fixture
+    def backend(self, tmp_path: Path) -> Iterator[Backend]:
+        b = LocalBackend(tmp_path / "repo")
+        b.create()
+        yield b
+        b.close()
+
+    @pytest.fixture
+    def bare_backend(self, tmp_path: Path) -> Iterator[Backend]:
+        with LocalBackend(tmp_path / "bare") as b:
+            yield b
+
+    def fail_next_save_midway(self, backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+        break_os_write(monkeypatch)
+
+
+def test_layout_and_modes(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    b = LocalBackend(root)
+    b.create()
+    assert sorted(p.name for p in (root / "data").iterdir()) == [f"{i:02x}" for i in range(256)]
+    for d in ("keys", "snapshots", "index", "locks"):
+        assert (root / d).is_dir()
+    h = Handle(FileType.PACK, new_id("ab"))
+    b.save(h, b"data")
+    path = root / "data" / "ab" / h.name
+    assert stat.S_IMODE(path.stat().st_mode) == 0o400
+    assert [p.name for p in path.parent.iterdir()] == [h.name], "no temporary file is left"
+
+
+def test_failed_save_removes_its_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = LocalBackend(tmp_path / "repo")
+    b.create()
+    h = Handle(FileType.INDEX, new_id())
+    break_os_write(monkeypatch)
+    with pytest.raises(Exception, match="No space left"):
+        b.save(h, b"x" * 100_000)
+    monkeypatch.undo()
+    assert list((tmp_path / "repo" / "index").iterdir()) == []
