@@ -8,7 +8,9 @@ import stat
 from pathlib import Path
 
 
-def describe(root: str | Path, *, times: bool = True, owners: bool = True) -> dict[bytes, dict[str, object]]:
+def describe(
+    root: str | Path, *, times: bool = True, owners: bool = True
+) -> dict[bytes, dict[str, object]]:
     """Every entry below ``root`` keyed by its relative path (bytes): type, permission bits
     (incl. setuid/setgid/sticky), size, SHA-256, symlink target, xattrs, mtime in ns, owner,
     and a hard-link group label (the first path of each inode shared by several names)."""
@@ -21,7 +23,10 @@ def describe(root: str | Path, *, times: bool = True, owners: bool = True) -> di
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, base)
             st = os.lstat(full)
-            info: dict[str, object] = {"type": stat.S_IFMT(st.st_mode), "perm": stat.S_IMODE(st.st_mode)}
+            info: dict[str, object] = {
+                "type": stat.S_IFMT(st.st_mode),
+                "perm": stat.S_IMODE(st.st_mode),
+            }
             if times and not stat.S_ISDIR(st.st_mode):
                 info["mtime"] = st.st_mtime_ns
             if owners:

@@ -101,7 +101,9 @@ def _part_matches(part: str | re.Pattern[str], s: str) -> bool:
     return part.match(s) is not None
 
 
-def _match(parts: tuple[str | re.Pattern[str] | None, ...], anchored: bool, strs: list[str]) -> bool:
+def _match(
+    parts: tuple[str | re.Pattern[str] | None, ...], anchored: bool, strs: list[str]
+) -> bool:
     if _ANY in parts:
         pos = parts.index(_ANY)
         before, after = parts[:pos], parts[pos + 1 :]

@@ -104,9 +104,20 @@ def test_excludes_and_files_from(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     run_cairn("init", repo=repo)
     run_cairn(
-        "backup", str(src), "--exclude", "*.tmp", "--iexclude", "*.TMP", "--exclude-file",
-        str(patterns), "--exclude-caches", "--exclude-if-present", ".nobackup",
-        "--exclude-larger-than", "1M", repo=repo,
+        "backup",
+        str(src),
+        "--exclude",
+        "*.tmp",
+        "--iexclude",
+        "*.TMP",
+        "--exclude-file",
+        str(patterns),
+        "--exclude-caches",
+        "--exclude-if-present",
+        ".nobackup",
+        "--exclude-larger-than",
+        "1M",
+        repo=repo,
     )
     listing = run_cairn("ls", "latest", repo=repo).stdout.decode()
     names = {line.rsplit("/", 1)[-1] for line in listing.splitlines()[1:]}
@@ -119,7 +130,11 @@ def test_excludes_and_files_from(tmp_path: Path) -> None:
     listfile = tmp_path / "files.txt"
     listfile.write_text(f"# what to save\n{src / 'docs' / 'taxes'}\n\n{src / 'photos'}\n")
     run_cairn("backup", "--files-from", str(listfile), repo=repo)
-    snaps = json.loads(run_cairn("--json", "snapshots", "--latest", "1", "--path", str(src / "photos"), repo=repo).stdout)
+    snaps = json.loads(
+        run_cairn(
+            "--json", "snapshots", "--latest", "1", "--path", str(src / "photos"), repo=repo
+        ).stdout
+    )
     assert sorted(snaps[0]["paths"]) == sorted([str(src / "docs" / "taxes"), str(src / "photos")])
 
 
@@ -129,14 +144,24 @@ def test_restore_include_exclude_and_subpath(tmp_path: Path) -> None:
     run_cairn("init", repo=repo)
     run_cairn("backup", str(src), repo=repo)
     out = tmp_path / "out"
-    run_cairn("restore", "latest", "--target", str(out), "--include", f"{src}/docs/taxes", repo=repo)
+    run_cairn(
+        "restore", "latest", "--target", str(out), "--include", f"{src}/docs/taxes", repo=repo
+    )
     restored = out / str(src).lstrip("/")
     assert (restored / "docs" / "taxes" / "2025.txt").read_text() == "income\n" * 1000
     assert not (restored / "photos").exists()
     assert not (restored / "docs" / "notes.md").exists()
 
     out2 = tmp_path / "out2"
-    run_cairn("restore", f"latest:{str(src).lstrip('/')}/docs", "--target", str(out2), "--exclude", "*.tmp", repo=repo)
+    run_cairn(
+        "restore",
+        f"latest:{str(src).lstrip('/')}/docs",
+        "--target",
+        str(out2),
+        "--exclude",
+        "*.tmp",
+        repo=repo,
+    )
     assert sorted(p.name for p in out2.iterdir()) == ["notes.md", "taxes"]
 
 
@@ -144,8 +169,21 @@ def test_stdin_dry_run_tags_hosts_and_filters(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     run_cairn("init", repo=repo)
     data = os.urandom(2_000_000)
-    run_cairn("backup", "--stdin", "--stdin-filename", "dump.sql", "--tag", "db", "--host", "dbhost", repo=repo, input=data)
-    snaps = json.loads(run_cairn("--json", "snapshots", "--host", "dbhost", "--tag", "db", repo=repo).stdout)
+    run_cairn(
+        "backup",
+        "--stdin",
+        "--stdin-filename",
+        "dump.sql",
+        "--tag",
+        "db",
+        "--host",
+        "dbhost",
+        repo=repo,
+        input=data,
+    )
+    snaps = json.loads(
+        run_cairn("--json", "snapshots", "--host", "dbhost", "--tag", "db", repo=repo).stdout
+    )
     assert len(snaps) == 1 and snaps[0]["paths"] == ["/dump.sql"]
     out = tmp_path / "out"
     run_cairn("restore", "latest", "--target", str(out), repo=repo)
@@ -168,9 +206,16 @@ def test_ls_and_cat_match_restic(tmp_path: Path, dataset: Path) -> None:
     ours = run_cairn("--json", "ls", "latest", repo=repo).stdout.splitlines()
     theirs = run_restic(repo, "ls", "--json", "latest").stdout.splitlines()
     assert [json.loads(x) for x in ours[1:]] == [json.loads(x) for x in theirs[1:]]
-    assert run_cairn("ls", "latest", repo=repo).stdout.splitlines()[1:] == run_restic(repo, "ls", "latest").stdout.splitlines()[1:]
-    assert json.loads(run_cairn("cat", "config", repo=repo).stdout) == json.loads(run_restic(repo, "cat", "config").stdout)
-    assert json.loads(run_cairn("cat", "masterkey", repo=repo).stdout) == json.loads(run_restic(repo, "cat", "masterkey").stdout)
+    assert (
+        run_cairn("ls", "latest", repo=repo).stdout.splitlines()[1:]
+        == run_restic(repo, "ls", "latest").stdout.splitlines()[1:]
+    )
+    assert json.loads(run_cairn("cat", "config", repo=repo).stdout) == json.loads(
+        run_restic(repo, "cat", "config").stdout
+    )
+    assert json.loads(run_cairn("cat", "masterkey", repo=repo).stdout) == json.loads(
+        run_restic(repo, "cat", "masterkey").stdout
+    )
     snap_id = json.loads(run_cairn("--json", "snapshots", repo=repo).stdout)[0]["id"]
     ours = json.loads(run_cairn("cat", "snapshot", snap_id[:8], repo=repo).stdout)
     theirs = json.loads(run_restic(repo, "cat", "snapshot", snap_id).stdout)
@@ -178,7 +223,10 @@ def test_ls_and_cat_match_restic(tmp_path: Path, dataset: Path) -> None:
     assert {k: ours[k] for k in theirs} == theirs
     assert set(ours) - set(theirs) == {"program_version", "summary"}
     tree = json.loads(run_cairn("cat", "snapshot", snap_id, repo=repo).stdout)["tree"]
-    assert run_cairn("cat", "blob", tree, repo=repo).stdout == run_restic(repo, "cat", "blob", tree).stdout
+    assert (
+        run_cairn("cat", "blob", tree, repo=repo).stdout
+        == run_restic(repo, "cat", "blob", tree).stdout
+    )
 
 
 # --- bad input ------------------------------------------------------------------------
@@ -197,14 +245,18 @@ def test_bad_input_gives_one_line_and_exit_code(tmp_path: Path) -> None:
     # init twice
     assert "already" in _one_line_error(run_cairn("init", repo=repo, expect=1))
     # wrong password
-    assert "wrong password" in _one_line_error(run_cairn("snapshots", repo=repo, password="nope", expect=12))
+    assert "wrong password" in _one_line_error(
+        run_cairn("snapshots", repo=repo, password="nope", expect=12)
+    )
     # not a repository
     _one_line_error(run_cairn("snapshots", repo=tmp_path / "nothing", expect=10))
     # missing source: nothing written
     _one_line_error(run_cairn("backup", str(tmp_path / "missing"), repo=repo, expect=1))
     assert list((repo / "snapshots").iterdir()) == []
     # unknown snapshot
-    _one_line_error(run_cairn("restore", "deadbeef", "--target", str(tmp_path / "x"), repo=repo, expect=1))
+    _one_line_error(
+        run_cairn("restore", "deadbeef", "--target", str(tmp_path / "x"), repo=repo, expect=1)
+    )
     # usage error
     run_cairn("backup", repo=repo, expect=2)
     # restore target that is a file
@@ -218,7 +270,11 @@ def test_bad_input_gives_one_line_and_exit_code(tmp_path: Path) -> None:
     # empty password file
     pw = tmp_path / "pw"
     pw.write_text("\n")
-    _one_line_error(run_cairn("--password-file", str(pw), "snapshots", repo=repo, env={"CAIRN_PASSWORD": ""}, expect=1))
+    _one_line_error(
+        run_cairn(
+            "--password-file", str(pw), "snapshots", repo=repo, env={"CAIRN_PASSWORD": ""}, expect=1
+        )
+    )
     # a password file with a trailing newline works (trimmed, like restic)
     pw.write_text("pw\n")
     run_cairn("--password-file", str(pw), "snapshots", repo=repo, env={"CAIRN_PASSWORD": ""})
@@ -263,7 +319,11 @@ def test_unreadable_file_warns_and_exits_3(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     run_cairn("init", repo=repo)
     proc = run_cairn(
-        "--json", "backup", str(src), repo=repo, expect=3,
+        "--json",
+        "backup",
+        str(src),
+        repo=repo,
+        expect=3,
         prefix=["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-all"],
     )
     summary = _summary(proc)
@@ -281,10 +341,13 @@ def test_file_growing_during_backup_is_stored_consistently(tmp_path: Path) -> No
     repo = tmp_path / "repo"
     run_cairn("init", repo=repo)
     writer = subprocess.Popen(
-        [sys.executable, "-c",
-         "import os,time,sys\nf=open(sys.argv[1],'ab')\n"
-         "end=time.time()+30\nwhile time.time()<end:\n f.write(os.urandom(65536)); f.flush(); time.sleep(0.001)",
-         str(log)]
+        [
+            sys.executable,
+            "-c",
+            "import os,time,sys\nf=open(sys.argv[1],'ab')\n"
+            "end=time.time()+30\nwhile time.time()<end:\n f.write(os.urandom(65536)); f.flush(); time.sleep(0.001)",
+            str(log),
+        ]
     )
     try:
         time.sleep(0.2)
@@ -310,7 +373,9 @@ def test_corrupted_pack_restore_reports_files_and_restores_the_rest(tmp_path: Pa
     (src / "b.txt").write_text("second file, second pack\n")
     run_cairn("backup", str(src), repo=repo)
     # Corrupt the largest data pack (the one holding a.bin).
-    packs = sorted((p for p in (repo / "data").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    packs = sorted(
+        (p for p in (repo / "data").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+    )
     victim = packs[-1]
     victim.chmod(0o600)
     raw = bytearray(victim.read_bytes())
@@ -334,7 +399,9 @@ def test_interrupted_backup_leaves_a_valid_repository(tmp_path: Path, sig: signa
     run_cairn("init", repo=repo)
     proc = subprocess.Popen(
         [sys.executable, "-m", "cairn", "--json", "backup", str(src)],
-        env=cairn_env(repo), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=cairn_env(repo),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     # Wait until some packs have landed, then interrupt.
     deadline = time.time() + 60

@@ -32,7 +32,9 @@ def _copy_without_bad_symlink(dataset: Path, dest: Path) -> Path:
 
 
 @pytest.mark.parametrize("tz", ["UTC", "Europe/Berlin"])
-def test_same_tree_ids_as_restic_for_the_same_directory(tmp_path: Path, dataset: Path, tz: str) -> None:
+def test_same_tree_ids_as_restic_for_the_same_directory(
+    tmp_path: Path, dataset: Path, tz: str
+) -> None:
     """§19.10: restic backs up a directory, then cairn backs it up into the same repository
     (same polynomial): every tree cairn encodes already exists, byte for byte."""
     src = _copy_without_bad_symlink(dataset, tmp_path / "src")
@@ -61,11 +63,16 @@ def test_only_linktarget_raw_differs_for_a_non_utf8_symlink_target(tmp_path: Pat
     run_restic(repo, "backup", ".", cwd=src)
     run_cairn("backup", "--force", ".", repo=repo, cwd=src)
     trees = [s["tree"] for s in sorted(_restic_snapshots(repo), key=lambda s: s["time"])]
-    theirs, ours = (json.loads(run_restic(repo, "cat", "blob", t).stdout)["nodes"][0] for t in trees)
+    theirs, ours = (
+        json.loads(run_restic(repo, "cat", "blob", t).stdout)["nodes"][0] for t in trees
+    )
     assert ours.pop("linktarget_raw") == "dGFyZ2V0Lf8tbm90LXV0Zjg="
     assert ours == theirs
     run_cairn("restore", "latest", "--target", str(tmp_path / "out"), repo=repo)
-    assert os.readlink(os.path.join(os.fsencode(tmp_path), b"out", b"bad-target")) == b"target-\xff-not-utf8"
+    assert (
+        os.readlink(os.path.join(os.fsencode(tmp_path), b"out", b"bad-target"))
+        == b"target-\xff-not-utf8"
+    )
 
 
 def test_restic_adds_almost_nothing_after_cairn(tmp_path: Path, dataset: Path) -> None:
@@ -89,14 +96,27 @@ def test_restic_adds_almost_nothing_after_cairn(tmp_path: Path, dataset: Path) -
     assert describe(tmp_path / "out" / str(src).lstrip("/")) == describe(src)
 
 
-def test_cairn_adds_to_a_restic_fixture_repository(tmp_path: Path, fixture_repo, dataset: Path) -> None:  # type: ignore[no-untyped-def]
+def test_cairn_adds_to_a_restic_fixture_repository(
+    tmp_path: Path, fixture_repo, dataset: Path
+) -> None:  # type: ignore[no-untyped-def]
     """cairn opens the restic-written v2 fixture, adds a snapshot, and restic checks it."""
     repo = fixture_repo("v2")
-    run_cairn("backup", ".", "--host", "fixture-host", repo=repo, password=FIXTURE_PASSWORD, cwd=dataset)
+    run_cairn(
+        "backup", ".", "--host", "fixture-host", repo=repo, password=FIXTURE_PASSWORD, cwd=dataset
+    )
     check = run_restic(repo, "check", "--read-data", password=FIXTURE_PASSWORD)
     assert b"no errors were found" in check.stdout
     assert len(_restic_snapshots(repo, FIXTURE_PASSWORD)) == 4
-    run_restic(repo, "restore", "latest", "--host", "fixture-host", "--target", str(tmp_path / "out"), password=FIXTURE_PASSWORD)
+    run_restic(
+        repo,
+        "restore",
+        "latest",
+        "--host",
+        "fixture-host",
+        "--target",
+        str(tmp_path / "out"),
+        password=FIXTURE_PASSWORD,
+    )
     theirs = describe(tmp_path / "out")
     source = describe(dataset)
     theirs.pop(b"links/bad-target"), source.pop(b"links/bad-target")  # lossy in restic 0.14
@@ -108,7 +128,15 @@ def test_restic_written_live_repository_restores_with_cairn(tmp_path: Path) -> N
     around the chunker's limits, compression off and max."""
     src = tmp_path / "src"
     src.mkdir()
-    names = [b"back\\slash", b'quo"te', b"tab\tname", b"new\nline", "u2028\u2028x".encode(), b"<&>", b"\xff\xfe-bad"]
+    names = [
+        b"back\\slash",
+        b'quo"te',
+        b"tab\tname",
+        b"new\nline",
+        "u2028\u2028x".encode(),
+        b"<&>",
+        b"\xff\xfe-bad",
+    ]
     for i, name in enumerate(names):
         (src / name.decode("utf-8", "surrogateescape")).write_bytes(bytes([i]) * (100 + i))
     import os
@@ -124,7 +152,9 @@ def test_restic_written_live_repository_restores_with_cairn(tmp_path: Path) -> N
     for compression in ("off", "max"):
         repo = tmp_path / f"repo-{compression}"
         run_restic(repo, "init")
-        run_restic(repo, "backup", "--compression", compression, str(src), env={"TZ": "Europe/Berlin"})
+        run_restic(
+            repo, "backup", "--compression", compression, str(src), env={"TZ": "Europe/Berlin"}
+        )
         out = tmp_path / f"out-{compression}"
         run_cairn("restore", "latest", "--target", str(out), "--verify", repo=repo)
         assert describe(out / str(src).lstrip("/")) == describe(src)
@@ -137,7 +167,9 @@ def test_restic_written_live_repository_restores_with_cairn(tmp_path: Path) -> N
     "args", [["init", "--repository-version", "1"], ["init"]], ids=["v1", "v2"]
 )
 @pytest.mark.parametrize("compression", ["auto", "off", "max"])
-def test_restic_checks_and_restores_what_cairn_wrote(tmp_path: Path, args: list[str], compression: str) -> None:
+def test_restic_checks_and_restores_what_cairn_wrote(
+    tmp_path: Path, args: list[str], compression: str
+) -> None:
     """§19.8/9: versions 1 and 2, every compression mode."""
     import os
 

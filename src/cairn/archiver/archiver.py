@@ -480,4 +480,3 @@ def _open_regular(path: bytes) -> int:
         except PermissionError:
             pass  # O_NOATIME needs ownership (or root)
     return os.open(path, flags)
-

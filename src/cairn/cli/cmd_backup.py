@@ -65,31 +65,63 @@ class _Ticker:
                 f"[{human_duration(elapsed)}] {p.files_done} files "
                 f"{human_size(p.bytes_done)}, {human_size(rate)}/s  {p.current[-50:]}"
             )
-            sys.stderr.write("\r\033[K" + line[: 120])
+            sys.stderr.write("\r\033[K" + line[:120])
             sys.stderr.flush()
 
 
 @click.command(name="backup")
 @click.argument("paths", nargs=-1)
-@click.option("-e", "--exclude", multiple=True, metavar="PATTERN", help="Exclude a pattern (repeatable).")
+@click.option(
+    "-e", "--exclude", multiple=True, metavar="PATTERN", help="Exclude a pattern (repeatable)."
+)
 @click.option("--iexclude", multiple=True, metavar="PATTERN", help="Like --exclude, ignoring case.")
-@click.option("--exclude-file", multiple=True, metavar="FILE", help="Read exclude patterns from FILE.")
-@click.option("--iexclude-file", multiple=True, metavar="FILE", help="Like --exclude-file, ignoring case.")
-@click.option("--exclude-caches", is_flag=True, help="Exclude directories holding a valid CACHEDIR.TAG.")
-@click.option("--exclude-if-present", multiple=True, metavar="FILE[:HEADER]", help="Exclude directories containing FILE.")
-@click.option("--exclude-larger-than", metavar="SIZE", help="Exclude files larger than SIZE (e.g. 1G).")
+@click.option(
+    "--exclude-file", multiple=True, metavar="FILE", help="Read exclude patterns from FILE."
+)
+@click.option(
+    "--iexclude-file", multiple=True, metavar="FILE", help="Like --exclude-file, ignoring case."
+)
+@click.option(
+    "--exclude-caches", is_flag=True, help="Exclude directories holding a valid CACHEDIR.TAG."
+)
+@click.option(
+    "--exclude-if-present",
+    multiple=True,
+    metavar="FILE[:HEADER]",
+    help="Exclude directories containing FILE.",
+)
+@click.option(
+    "--exclude-larger-than", metavar="SIZE", help="Exclude files larger than SIZE (e.g. 1G)."
+)
 @click.option("-x", "--one-file-system", is_flag=True, help="Do not cross file system boundaries.")
-@click.option("--files-from", multiple=True, metavar="FILE", help="Read the paths to back up from FILE.")
+@click.option(
+    "--files-from", multiple=True, metavar="FILE", help="Read the paths to back up from FILE."
+)
 @click.option("--tag", multiple=True, metavar="TAG[,TAG]", help="Tags for the new snapshot.")
 @click.option("-H", "--host", metavar="NAME", help="Host name to record (default: this machine's).")
-@click.option("--parent", metavar="SNAPSHOT", help="Compare against this snapshot instead of the latest.")
+@click.option(
+    "--parent", metavar="SNAPSHOT", help="Compare against this snapshot instead of the latest."
+)
 @click.option("-f", "--force", is_flag=True, help="Re-read every file (a full backup).")
-@click.option("-n", "--dry-run", is_flag=True, help="Do everything except writing to the repository.")
+@click.option(
+    "-n", "--dry-run", is_flag=True, help="Do everything except writing to the repository."
+)
 @click.option("--stdin", "use_stdin", is_flag=True, help="Back up what arrives on standard input.")
 @click.option("--stdin-filename", default="stdin", show_default=True, help="File name for --stdin.")
-@click.option("--compression", type=click.Choice(["auto", "off", "max", "fastest", "better"]), default=None, help="Compression mode (default auto).")
+@click.option(
+    "--compression",
+    type=click.Choice(["auto", "off", "max", "fastest", "better"]),
+    default=None,
+    help="Compression mode (default auto).",
+)
 @click.option("--time", "time_", metavar="TIME", help="Snapshot time (RFC 3339), default now.")
-@click.option("--read-concurrency", type=click.IntRange(1, 64), default=2, show_default=True, help="Files read in parallel.")
+@click.option(
+    "--read-concurrency",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Files read in parallel.",
+)
 @pass_globals
 def backup_cmd(
     g: GlobalOptions,
@@ -182,8 +214,12 @@ def _report(g: GlobalOptions, r: BackupResult) -> None:
     else:
         echo("no parent snapshot: every file was read (full backup)")
     echo("")
-    echo(f"Files:       {s.files_new:5d} new, {s.files_changed:5d} changed, {s.files_unmodified:5d} unmodified")
-    echo(f"Dirs:        {s.dirs_new:5d} new, {s.dirs_changed:5d} changed, {s.dirs_unmodified:5d} unmodified")
+    echo(
+        f"Files:       {s.files_new:5d} new, {s.files_changed:5d} changed, {s.files_unmodified:5d} unmodified"
+    )
+    echo(
+        f"Dirs:        {s.dirs_new:5d} new, {s.dirs_changed:5d} changed, {s.dirs_unmodified:5d} unmodified"
+    )
     echo(
         f"Added to the repository: {human_size(s.data_added)} "
         f"({human_size(s.data_added_packed)} stored)"

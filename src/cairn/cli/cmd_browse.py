@@ -25,9 +25,28 @@ from cairn.repo.repository import Repository
 pass_globals = click.make_pass_decorator(GlobalOptions)
 
 filter_options = [
-    click.option("-H", "--host", "hosts", multiple=True, metavar="HOST", help="Only snapshots of this host (repeatable)."),
-    click.option("--tag", "tags", multiple=True, metavar="TAG[,TAG]", help="Only snapshots with these tags (repeatable)."),
-    click.option("--path", "paths", multiple=True, metavar="PATH", help="Only snapshots including this path (repeatable)."),
+    click.option(
+        "-H",
+        "--host",
+        "hosts",
+        multiple=True,
+        metavar="HOST",
+        help="Only snapshots of this host (repeatable).",
+    ),
+    click.option(
+        "--tag",
+        "tags",
+        multiple=True,
+        metavar="TAG[,TAG]",
+        help="Only snapshots with these tags (repeatable).",
+    ),
+    click.option(
+        "--path",
+        "paths",
+        multiple=True,
+        metavar="PATH",
+        help="Only snapshots including this path (repeatable).",
+    ),
 ]
 
 
@@ -50,7 +69,12 @@ def read_lock(g: GlobalOptions, repo: Repository) -> Iterator[None]:
 @click.command()
 @click.argument("ids", nargs=-1)
 @with_filters
-@click.option("--latest", type=click.IntRange(1), metavar="N", help="Only the newest N snapshots of each host and path set.")
+@click.option(
+    "--latest",
+    type=click.IntRange(1),
+    metavar="N",
+    help="Only the newest N snapshots of each host and path set.",
+)
 @pass_globals
 def snapshots(
     g: GlobalOptions,

@@ -41,7 +41,9 @@ def init(g: GlobalOptions, repository_version: str) -> None:
     password = g.new_password()
     repo = Repository.init(backend, password, version=versions[repository_version])
     if g.json:
-        print_json({"message_type": "initialized", "id": repo.config.id, "repository": backend.location})
+        print_json(
+            {"message_type": "initialized", "id": repo.config.id, "repository": backend.location}
+        )
     else:
         click.echo(f"created cairn repository {repo.config.id[:10]} at {backend.location}")
         click.echo(
@@ -56,9 +58,13 @@ def init(g: GlobalOptions, repository_version: str) -> None:
 def version(g: GlobalOptions) -> None:
     """Print version information."""
     if g.json:
-        print_json({"message_type": "version", "version": __version__, "python": platform.python_version()})
+        print_json(
+            {"message_type": "version", "version": __version__, "python": platform.python_version()}
+        )
     else:
-        click.echo(f"cairn {__version__} (Python {platform.python_version()} on {sys.platform}/{platform.machine()})")
+        click.echo(
+            f"cairn {__version__} (Python {platform.python_version()} on {sys.platform}/{platform.machine()})"
+        )
 
 
 @click.group()
@@ -75,14 +81,24 @@ def key_list(g: GlobalOptions) -> None:
     if g.json:
         print_json(
             [
-                {"current": k.name == repo.key_name, "id": k.name[:8], "userName": k.username,
-                 "hostName": k.hostname, "created": k.created}
+                {
+                    "current": k.name == repo.key_name,
+                    "id": k.name[:8],
+                    "userName": k.username,
+                    "hostName": k.hostname,
+                    "created": k.created,
+                }
                 for k in keys
             ]
         )
         return
     rows = [
-        [("*" if k.name == repo.key_name else " ") + k.name[:8], k.username, k.hostname, k.created[:19].replace("T", " ")]
+        [
+            ("*" if k.name == repo.key_name else " ") + k.name[:8],
+            k.username,
+            k.hostname,
+            k.created[:19].replace("T", " "),
+        ]
         for k in keys
     ]
     click.echo(table([" ID", "User", "Host", "Created"], rows))
