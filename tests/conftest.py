@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -27,10 +28,8 @@ TEST_KDF = (1024, 8, 1)
 
 def _make_writable(path: Path) -> None:
     for p in [path, *path.rglob("*")]:
-        try:
+        with contextlib.suppress(OSError):
             p.chmod(p.stat().st_mode | 0o700 if p.is_dir() else p.stat().st_mode | 0o600)
-        except OSError:
-            pass
 
 
 @pytest.fixture

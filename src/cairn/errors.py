@@ -110,6 +110,10 @@ class SnapshotNotFoundError(CairnError):
     """No snapshot matches the given ID, prefix or filter."""
 
 
+class PathNotFoundError(CairnError):
+    """A path does not exist inside a snapshot (or is not a directory where one is needed)."""
+
+
 class PasswordError(CairnError):
     """No password could be obtained (no terminal, empty, mismatch)."""
 

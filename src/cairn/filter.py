@@ -1,182 +1,230 @@
-"""Include/exclude patterns with restic's semantics, shared by backup and restore.
+"""Include/exclude patterns with restic's semantics (restic 0.14 ``internal/filter``),
+shared by backup excludes and restore includes/excludes.
 
-A pattern is split into path components. ``*``, ``?``, ``[...]`` (``[^...]`` negates) and
-``\\`` escapes work inside one component as in Go's ``filepath.Match``; a component ``**``
-matches any number of components. A pattern starting with ``/`` is anchored at the root;
-any other pattern matches a run of consecutive components anywhere in the path, so
-``*.tmp`` excludes ``/a/b/x.tmp`` and ``cache`` excludes ``/home/u/cache/whatever``.
-Paths are ``str`` (file names that are not UTF-8 arrive via ``os.fsdecode``).
+A pattern is split at ``/`` into parts; each part is a Go ``filepath.Match`` glob for one
+path component, and a part ``**`` matches any number of components. A pattern with a
+leading ``/`` is anchored at the root; any other pattern matches any run of consecutive
+components, so ``foo`` matches ``/a/foo`` and everything below it. Paths and patterns are
+bytes: file names need not be UTF-8. In pattern lists a leading ``!`` re-includes what an
+earlier pattern matched.
 """
 
 from __future__ import annotations
 
-import os
+import os.path
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 from cairn.errors import UsageError
 
-_ANY = None  # a "**" component
+_GLOB_CHARS = re.compile(rb"[\\\[\]*?]")
 
 
 @dataclass(frozen=True)
-class Pattern:
-    """A prepared pattern: a tuple of components; "/" first means anchored."""
-
-    original: str
-    parts: tuple[str | re.Pattern[str] | None, ...]
-    anchored: bool
-    negated: bool = False
-
-    def match(self, path: str) -> bool:
-        """True when the pattern matches ``path`` (restic's ``filter.Match``)."""
-        return _match(self.parts, self.anchored, _split(path))
-
-    def child_may_match(self, path: str) -> bool:
-        """True when something below directory ``path`` could match (``ChildMatch``)."""
-        if not self.anchored:
-            return True
-        strs = _split(path)
-        parts = self.parts
-        if _ANY in parts:
-            pos = parts.index(_ANY)
-            strs = strs[: pos + 1]  # +1: the root marker is not part of ``parts``
-        n = min(len(strs) - 1, len(parts))
-        return _match(parts[:n], True, strs[: n + 1])
+class _Part:
+    text: bytes
+    #: None for a literal part (compared with ==), else the compiled glob.
+    regex: re.Pattern[str] | None
 
 
-def _split(path: str) -> list[str]:
-    """Components of a cleaned path; an absolute path starts with the marker "/"."""
-    clean = os.path.normpath(path) if path else path
-    if clean.startswith("//"):  # normpath keeps a leading double slash (POSIX rule)
-        clean = "/" + clean.lstrip("/")
-    parts = clean.split("/")
-    if parts and parts[0] == "":
-        parts[0] = "/"
-    if parts and parts[-1] == "" and len(parts) > 1:
-        parts.pop()
-    return parts
+def _glob_to_regex(glob: bytes) -> re.Pattern[str]:
+    """Translate one Go ``filepath.Match`` component pattern to a regex over runes.
 
+    Go semantics: ``*`` any run of non-separators, ``?`` one rune, ``[...]`` a class with
+    ``^`` for negation and ``a-z`` ranges, ``\\`` escapes the next rune. Names are matched
+    as decoded text (invalid bytes become one surrogate each, as Go sees one rune per
+    invalid byte). A malformed pattern is a usage error (Go's ErrBadPattern)."""
+    text = glob.decode("utf-8", "surrogateescape")
+    bad = UsageError(f"invalid pattern {glob!r}")
+    out: list[str] = []
+    i, n = 0, len(text)
 
-@lru_cache(maxsize=4096)
-def _component(text: str) -> str | re.Pattern[str]:
-    """A literal component stays a string (fast equality); a glob becomes a regex."""
-    if not any(c in text for c in "*?[\\"):
-        return text
-    out = []
-    i = 0
-    while i < len(text):
+    def escaped(j: int) -> tuple[str, int]:
+        # One (possibly backslash-escaped) class member; Go rejects a bare "-" or "]".
+        if j >= n or text[j] in "-]":
+            raise bad
+        if text[j] == "\\":
+            j += 1
+            if j >= n:
+                raise bad
+        return text[j], j + 1
+
+    while i < n:
         c = text[i]
+        i += 1
         if c == "*":
             out.append("[^/]*")
         elif c == "?":
             out.append("[^/]")
         elif c == "\\":
-            i += 1
-            if i >= len(text):
-                raise UsageError(f"invalid pattern {text!r}: trailing backslash")
+            if i >= n:
+                raise bad
             out.append(re.escape(text[i]))
+            i += 1
         elif c == "[":
-            end = text.find("]", i + 2 if text[i + 1 : i + 2] in ("^", "]") else i + 1)
-            if end < 0:
-                raise UsageError(f"invalid pattern {text!r}: unclosed '['")
-            body = text[i + 1 : end]
-            negate = body.startswith("^")
+            negate = i < n and text[i] == "^"
             if negate:
-                body = body[1:]
-            body = body.replace("\\", "\\\\").replace("[", "\\[")
-            out.append(f"[{'^' if negate else ''}{body}]")
-            i = end
+                i += 1
+            items: list[str] = []
+            while True:
+                if i < n and text[i] == "]" and items:
+                    i += 1
+                    break
+                lo, i = escaped(i)
+                hi = lo
+                if i < n and text[i] == "-":
+                    hi, i = escaped(i + 1)
+                    if hi < lo:
+                        raise bad
+                items.append(re.escape(lo) + ("-" + re.escape(hi) if hi != lo else ""))
+            out.append("[" + ("^/" if negate else "") + "".join(items) + "]")
         else:
             out.append(re.escape(c))
-        i += 1
     return re.compile("".join(out) + r"\Z", re.DOTALL)
 
 
-def _part_matches(part: str | re.Pattern[str], s: str) -> bool:
-    if isinstance(part, str):
-        return part == s
-    return part.match(s) is not None
+class Pattern:
+    """One prepared pattern (restic ``preparePattern``: cleaned, split at ``/``)."""
+
+    __slots__ = ("parts", "text")
+
+    def __init__(self, text: str | bytes) -> None:
+        raw = os.fsencode(text)
+        if not raw:
+            raise UsageError("empty pattern")
+        self.text = raw
+        cleaned = os.path.normpath(raw)
+        # Go's filepath.Clean keeps a single leading slash; normpath keeps two.
+        if cleaned.startswith(b"//"):
+            cleaned = b"/" + cleaned.lstrip(b"/")
+        self.parts = [
+            _Part(p, _glob_to_regex(p) if _GLOB_CHARS.search(p) and p != b"**" else None)
+            for p in cleaned.split(b"/")
+        ]
+
+    @property
+    def absolute(self) -> bool:
+        return self.parts[0].text == b""
+
+    def __repr__(self) -> str:
+        return f"Pattern({self.text!r})"
 
 
-def _match(
-    parts: tuple[str | re.Pattern[str] | None, ...], anchored: bool, strs: list[str]
-) -> bool:
-    if _ANY in parts:
-        pos = parts.index(_ANY)
-        before, after = parts[:pos], parts[pos + 1 :]
-        # Expand "**" into 0, 1, 2, ... single-component wildcards.
-        star = _component("*")
-        for width in range(0, max(0, len(strs) - len(before) - len(after)) + 1):
-            if _match(before + (star,) * width + after, anchored, strs):
+def _split(path: bytes) -> list[bytes]:
+    if not path:
+        raise ValueError("empty path")
+    return path.split(b"/")
+
+
+def _double_wildcard(parts: Sequence[_Part]) -> int:
+    for i, p in enumerate(parts):
+        if p.text == b"**":
+            return i
+    return -1
+
+
+_STAR = _Part(b"*", re.compile(r"[^/]*\Z", re.DOTALL))
+
+
+def _match(parts: Sequence[_Part], strs: Sequence[bytes]) -> bool:
+    pos = _double_wildcard(parts)
+    if pos >= 0:
+        # Expand "**" gradually into 0, 1, 2, ... single-component wildcards.
+        for i in range(len(strs) - len(parts) + 2):
+            expanded = [*parts[:pos], *([_STAR] * i), *parts[pos + 1 :]]
+            if _match(expanded, strs):
                 return True
         return False
-    if not parts:
+    if not parts and not strs:
+        return True
+    if not parts or len(parts) > len(strs):
         return False
-    if anchored:
-        body = strs[1:] if strs and strs[0] == "/" else None
-        if body is None or len(parts) > len(body):
-            return False
-        return all(_part_matches(p, s) for p, s in zip(parts, body, strict=False))  # type: ignore[arg-type]
-    min_off = 1 if strs and strs[0] == "/" else 0
-    max_off = len(strs) - len(parts)
-    for off in range(max_off, min_off - 1, -1):
-        if all(_part_matches(p, strs[off + i]) for i, p in enumerate(parts)):  # type: ignore[arg-type]
+    max_offset = 0 if parts[0].text == b"" else len(strs) - len(parts)
+    for offset in range(max_offset, -1, -1):
+        for i in range(len(parts) - 1, -1, -1):
+            part, s = parts[i], strs[offset + i]
+            if part.regex is None:
+                ok = part.text == s
+            else:
+                ok = part.regex.match(s.decode("utf-8", "surrogateescape")) is not None
+            if not ok:
+                break
+        else:
             return True
     return False
 
 
-def parse(pattern: str, *, ignore_case: bool = False) -> Pattern:
-    """Prepare one pattern; ``!`` negates (used by include/exclude files)."""
-    negated = pattern.startswith("!")
-    if negated:
-        pattern = pattern[1:]
-    if not pattern:
-        raise UsageError("empty pattern")
-    text = pattern.lower() if ignore_case else pattern
-    clean = os.path.normpath(text)
-    anchored = clean.startswith("/")
-    comps = [c for c in clean.split("/") if c]
-    parts = tuple(_ANY if c == "**" else _component(c) for c in comps)
-    return Pattern(pattern, parts, anchored, negated)
+def _child_match(parts: Sequence[_Part], strs: Sequence[bytes]) -> bool:
+    if parts[0].text != b"":
+        return True  # a relative pattern may match anywhere further down
+    pos = _double_wildcard(parts)
+    if pos >= 0 and len(strs) >= pos:
+        strs = strs[:pos]
+    n = min(len(strs), len(parts))
+    return _match(parts[:n], strs[:n])
+
+
+def match(pattern: Pattern, path: bytes) -> bool:
+    """True when ``path`` (absolute within the snapshot, e.g. ``b"/a/b"``) matches."""
+    return _match(pattern.parts, _split(path))
+
+
+def child_may_match(pattern: Pattern, path: bytes) -> bool:
+    """True when something below ``path`` could match ``pattern``."""
+    return _child_match(pattern.parts, _split(path))
 
 
 class PatternList:
-    """Patterns applied in order; a later negated pattern re-includes what an earlier one
-    matched (restic's semantics for ``!`` in exclude files)."""
+    """Patterns applied together, as restic's ``filter.List`` / ``ListWithChild`` use them."""
 
-    def __init__(self, patterns: Iterable[str] = (), *, ignore_case: bool = False) -> None:
+    def __init__(self, patterns: Iterable[str | bytes] = (), *, ignore_case: bool = False) -> None:
         self.ignore_case = ignore_case
-        self.patterns: list[Pattern] = [parse(p, ignore_case=ignore_case) for p in patterns]
+        self.patterns: list[Pattern] = []
+        self.negated: list[bool] = []
+        for p in patterns:
+            raw = os.fsencode(p)
+            if not raw:
+                continue
+            neg = raw.startswith(b"!")
+            if neg:
+                raw = raw[1:]
+            self.patterns.append(Pattern(_fold(raw) if ignore_case else raw))
+            self.negated.append(neg)
 
     def __bool__(self) -> bool:
         return bool(self.patterns)
 
-    def _norm(self, path: str) -> str:
-        return path.lower() if self.ignore_case else path
+    def _prepare(self, path: bytes) -> list[bytes]:
+        return _split(_fold(path) if self.ignore_case else path)
 
-    def match(self, path: str) -> bool:
-        path = self._norm(path)
+    def match(self, path: bytes) -> bool:
+        """Whether ``path`` is selected: the last matching pattern decides, so a later
+        ``!pattern`` re-includes what an earlier one matched."""
+        strs = self._prepare(path)
         matched = False
-        for p in self.patterns:
-            if p.match(path):
-                matched = not p.negated
+        for p, neg in zip(self.patterns, self.negated, strict=True):
+            if (not neg or matched) and _match(p.parts, strs):
+                matched = not neg
         return matched
 
-    def match_or_child(self, path: str) -> tuple[bool, bool]:
-        """(path matches, something below path may match): for include lists on restore."""
-        path = self._norm(path)
-        matched = False
-        child = False
-        for p in self.patterns:
-            if p.match(path):
-                matched = not p.negated
-                child = child or not p.negated
-            elif not p.negated and p.child_may_match(path):
-                child = True
+    def matches(self, path: bytes) -> tuple[bool, bool]:
+        """(path matches some pattern, a child of path may match some pattern)."""
+        strs = self._prepare(path)
+        matched = child = False
+        for p, neg in zip(self.patterns, self.negated, strict=True):
+            if neg:
+                continue
+            matched = matched or _match(p.parts, strs)
+            child = child or _child_match(p.parts, strs)
+            if matched and child:
+                break
         return matched, child
+
+
+def _fold(raw: bytes) -> bytes:
+    """Case folding for --iexclude: lower-case the text, keep undecodable bytes."""
+    return raw.decode("utf-8", "surrogateescape").lower().encode("utf-8", "surrogateescape")
 
 
 def read_pattern_file(path: str) -> list[str]:
@@ -190,9 +238,8 @@ def read_pattern_file(path: str) -> list[str]:
     out = []
     for line in lines:
         line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        out.append(os.path.expandvars(line))
+        if line and not line.startswith("#"):
+            out.append(os.path.expandvars(line))
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cairn.errors import UsageError
-from cairn.restorer.filter import Pattern, PatternList, child_may_match, match
+from cairn.filter import Pattern, PatternList, child_may_match, match
 
 MATCH_CASES = [
     # absolute patterns are anchored at the snapshot root and match everything below

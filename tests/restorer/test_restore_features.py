@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from cairn.errors import RestoreError, UsageError
+from cairn.errors import PathNotFoundError, RestoreError, UsageError
 from cairn.ops.restore import restore, verify_restored
 from cairn.repo.repository import Repository
 from cairn.restorer.writer import SPARSE_SEGMENT, ZERO_CHUNK_ID, write_blob
@@ -88,9 +88,9 @@ def test_subpath(v2: Repository, out: Path) -> None:
     assert result.errors == [] and result.subpath == "deep/a"
     want = {p[len(b"deep/a/") :]: e for p, e in DATASET1.items() if p.startswith(b"deep/a/")}
     assert compare_with_dataset(out, want) == []
-    with pytest.raises(RestoreError, match="not found"):
+    with pytest.raises(PathNotFoundError, match="not found"):
         restore(v2, f"{SNAP1}:deep/nope", str(out / "x"))
-    with pytest.raises(RestoreError, match="not a directory"):
+    with pytest.raises(PathNotFoundError, match="not a directory"):
         restore(v2, f"{SNAP1}:README.txt", str(out / "y"))
 
 

@@ -254,12 +254,11 @@ class Archiver:
             except OSError as e:
                 self._warn(f"{os.fsdecode(epath)}: {e.strerror}")
                 continue
-            spath = os.fsdecode(epath)
-            if self.selector.excluded(spath, epath, st, target_dev):
+            if self.selector.excluded(epath, st, target_dev):
                 continue
             node, warning = node_from_stat(name, epath, st)
             if warning:
-                self._warn(f"{spath}: {warning}")
+                self._warn(f"{os.fsdecode(epath)}: {warning}")
             self._add_entry(job, node, epath, st, old.get(name), target_dev, stack)
 
     def _add_entry(

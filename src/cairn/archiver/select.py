@@ -73,14 +73,14 @@ class Selector:
         self.larger_than = opts.exclude_larger_than
         self.one_file_system = opts.one_file_system
 
-    def excluded_by_name(self, path: str) -> bool:
+    def excluded_by_name(self, path: bytes) -> bool:
         """Pattern rules, applied to the absolute path of the entry."""
         return bool(
             (self.patterns and self.patterns.match(path))
             or (self.ipatterns and self.ipatterns.match(path))
         )
 
-    def excluded(self, path: str, bpath: bytes, st: os.stat_result, target_dev: int) -> bool:
+    def excluded(self, path: bytes, st: os.stat_result, target_dev: int) -> bool:
         """Every rule for one entry: patterns, size, file system, marker files."""
         if self.excluded_by_name(path):
             return True
@@ -89,7 +89,7 @@ class Selector:
             return True
         if self.larger_than is not None and not is_dir and st.st_size > self.larger_than:
             return True
-        return bool(is_dir and self.if_present and self._has_marker(bpath))
+        return bool(is_dir and self.if_present and self._has_marker(path))
 
     def _has_marker(self, dirpath: bytes) -> bool:
         for fname, header in self.if_present:

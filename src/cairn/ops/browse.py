@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from cairn.repo.keys import encode_master_key
 from cairn.repo.node import Node
 from cairn.repo.repository import Repository
 from cairn.repo.snapshot import Snapshot
+from cairn.repo.treepath import lookup_path
 
 
 def load_snapshots(
@@ -74,34 +76,6 @@ class Entry:
     node: Node
 
 
-def split_ref(ref: str) -> tuple[str, str]:
-    """``ID:sub/path`` -> (ID, "/sub/path"); a plain ID -> (ID, "")."""
-    sid, sep, sub = ref.partition(":")
-    if not sep:
-        return ref, ""
-    return sid, "/" + sub.strip("/") if sub.strip("/") else ""
-
-
-def find_subtree(repo: Repository, tree: bytes, subpath: str) -> tuple[bytes, Node | None]:
-    """Descend to ``subpath`` (a "/"-separated path inside the snapshot): the tree of that
-    directory, or its parent tree and the node when it names a file."""
-    parts = [p for p in subpath.split("/") if p]
-    node: Node | None = None
-    for i, part in enumerate(parts):
-        nodes = {n.name: n for n in repo.load_tree(tree)}
-        found = nodes.get(part.encode("utf-8", "surrogateescape"))
-        if found is None:
-            raise UsageError(f"path {'/'.join(parts[: i + 1])!r} not found in snapshot")
-        if found.type == "dir" and found.subtree is not None:
-            tree = found.subtree
-            node = found
-        elif i == len(parts) - 1:
-            return tree, found
-        else:
-            raise UsageError(f"{'/'.join(parts[: i + 1])!r} is not a directory")
-    return tree, None if node is None or node.type == "dir" else node
-
-
 def walk(
     repo: Repository, tree: bytes, prefix: bytes = b"", *, recursive: bool = True
 ) -> Iterator[Entry]:
@@ -122,12 +96,14 @@ def list_nodes(
         yield from walk(repo, snap.tree)
         return
     for d in dirs:
-        clean = "/" + d.strip("/") if d.strip("/") else ""
-        tree, node = find_subtree(repo, snap.tree, clean)
-        if node is not None:
-            yield Entry(clean.encode("utf-8", "surrogateescape"), node)
-            continue
-        yield from walk(repo, tree, clean.encode("utf-8", "surrogateescape"), recursive=recursive)
+        path = b"/" + os.fsencode(d).strip(b"/") if d.strip("/") else b""
+        node = lookup_path(repo, snap.tree, path)
+        if node is None:
+            yield from walk(repo, snap.tree, b"", recursive=recursive)
+        elif node.type == "dir" and node.subtree is not None:
+            yield from walk(repo, node.subtree, path, recursive=recursive)
+        else:
+            yield Entry(path, node)
 
 
 CAT_KINDS = ("config", "masterkey", "key", "snapshot", "index", "lock", "tree", "blob", "pack")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from cairn.errors import RestoreError, UsageError
 from cairn.repo.repository import Repository
-from cairn.restorer.plan import find_subtree
+from cairn.repo.treepath import subtree_at
 from cairn.restorer.progress import ProgressCallback
 from cairn.restorer.restorer import RestoreReport, restore_tree, verify_tree
 
@@ -56,7 +56,7 @@ def _resolve(
     sid, snap = repo.find_snapshot(ref, hosts=hosts, paths=paths, tags=tags)
     if len(repo.index) == 0:
         repo.load_index()
-    tree = find_subtree(repo, snap.tree, sub) if sub else snap.tree
+    tree = subtree_at(repo, snap.tree, sub)
     return sid, sub, tree
 
 

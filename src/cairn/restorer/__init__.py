@@ -3,7 +3,7 @@
 ``restore_tree`` is the entry point (``cairn.ops.restore`` resolves snapshots around it).
 """
 
-from cairn.restorer.plan import Selector, build_plan, find_subtree
+from cairn.restorer.plan import Selector, build_plan
 from cairn.restorer.progress import ProgressCallback, RestoreProgress
 from cairn.restorer.restorer import RestoreReport, check_target, restore_tree, verify_tree
 
@@ -14,7 +14,6 @@ __all__ = [
     "Selector",
     "build_plan",
     "check_target",
-    "find_subtree",
     "restore_tree",
     "verify_tree",
 ]

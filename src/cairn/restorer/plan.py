@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cairn.errors import RestoreError, UsageError
+from cairn.filter import PatternList
 from cairn.repo.node import Node
-from cairn.restorer.filter import PatternList
 
 if TYPE_CHECKING:
     from cairn.repo.repository import Repository
@@ -64,25 +64,6 @@ class Selector:
             matched, child = self.include.matches(location)
             return matched, child and is_dir
         return True, is_dir
-
-
-def find_subtree(repo: Repository, tree_id: bytes, subpath: str | bytes) -> bytes:
-    """The tree ID of directory ``subpath`` inside the tree ``tree_id`` (``SNAPSHOT:sub``)."""
-    current = tree_id
-    walked = b""
-    for comp in os.fsencode(subpath).split(b"/"):
-        if comp in (b"", b"."):
-            continue
-        walked += b"/" + comp
-        for node in repo.load_tree(current):
-            if node.name == comp:
-                if node.type != "dir" or node.subtree is None:
-                    raise RestoreError(f"{os.fsdecode(walked)} in the snapshot is not a directory")
-                current = node.subtree
-                break
-        else:
-            raise RestoreError(f"path {os.fsdecode(walked)} not found in the snapshot")
-    return current
 
 
 def build_plan(repo: Repository, tree_id: bytes, selector: Selector) -> Plan:
