@@ -77,7 +77,7 @@ def read_xattrs(path: bytes) -> tuple[list[ExtendedAttribute], str | None]:
         if e.errno in (95, 61):  # EOPNOTSUPP, ENODATA: the file system has none
             return [], None
         return [], f"cannot list extended attributes: {e.strerror}"
-    attrs = []
+    attrs: list[ExtendedAttribute] = []
     for name in names:
         try:
             value = os.getxattr(path, name, follow_symlinks=False)

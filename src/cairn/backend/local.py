@@ -8,6 +8,7 @@ a complete one; stray temporary files are never listed because their names are n
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -77,10 +78,8 @@ class LocalBackend(Backend):
             self._fsync_dir(final.parent)
             os.chmod(final, self._file_mode & ~0o222)
         except OSError as e:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
             raise self._error(e, handle, "save") from e
 
     @staticmethod

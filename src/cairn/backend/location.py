@@ -3,14 +3,19 @@
 Schemes: a plain path or ``local:/path``; ``sftp:``; ``s3:``; ``rest:``; ``rclone:``.
 Each remote backend lives in its own module, imported only when used, and exposes
 ``from_location(rest_of_url: str, options: dict[str, str]) -> Backend``.
+
+Remote backends come wrapped in :class:`~cairn.backend.retry.RetryBackend` (policy in
+:mod:`cairn.backend.wrap`): networks drop requests, and a backup should not die of one
+reset connection. A local disk's failures are not transient, so it is not wrapped.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from cairn.backend.base import Backend
+from cairn.backend.wrap import DEFAULT_RETRIES, RetryPolicy, with_retries
 from cairn.errors import BackendLocationError
 
 _SCHEMES = {
@@ -19,6 +24,10 @@ _SCHEMES = {
     "rest": "cairn.backend.rest",
     "rclone": "cairn.backend.rclone",
 }
+
+#: Schemes wrapped in retries. rest, s3 and rclone join once their own tests ask for the
+#: bare backend (``retries=None``) where they test how it fails.
+_RETRIED = frozenset({"sftp"})
 
 
 def split_scheme(url: str) -> tuple[str, str]:
@@ -40,8 +49,18 @@ def split_scheme(url: str) -> tuple[str, str]:
     )
 
 
-def open_backend(url: str, options: Mapping[str, str] | None = None) -> Backend:
-    """Build the backend for ``url``; ``options`` are the ``-o key=value`` settings."""
+def open_backend(
+    url: str,
+    options: Mapping[str, str] | None = None,
+    log: Callable[[str], None] | None = None,
+    *,
+    retries: RetryPolicy | None = DEFAULT_RETRIES,
+) -> Backend:
+    """Build the backend for ``url``; ``options`` are the ``-o key=value`` settings.
+
+    A remote backend is wrapped in retries under ``retries`` (None: the bare backend);
+    each retry is logged to the ``logging`` module and, when given, to ``log`` as one line.
+    """
     scheme, rest = split_scheme(url)
     opts = dict(options or {})
     if scheme == "local":
@@ -55,4 +74,6 @@ def open_backend(url: str, options: Mapping[str, str] | None = None) -> Backend:
     except ModuleNotFoundError as e:
         raise BackendLocationError(f"the {scheme}: backend is not available: {e}") from e
     backend: Backend = module.from_location(rest, opts)
-    return backend
+    if retries is None or scheme not in _RETRIED:
+        return backend
+    return with_retries(backend, retries, log)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import click
 
@@ -50,7 +51,11 @@ filter_options = [
 ]
 
 
-def with_filters(f):  # type: ignore[no-untyped-def]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_filters(f: F) -> F:
+    """The snapshot filter options shared by several commands."""
     for opt in reversed(filter_options):
         f = opt(f)
     return f

@@ -57,9 +57,9 @@ class GlobalOptions:
                 raise UsageError(f"cannot read repository file {rfile}: {e.strerror}") from e
             if url:
                 return url
-        url = env("REPOSITORY")
-        if url:
-            return url
+        from_env = env("REPOSITORY")
+        if from_env:
+            return from_env
         raise UsageError(
             "no repository given: use -r/--repo, or set CAIRN_REPOSITORY or RESTIC_REPOSITORY"
         )
@@ -101,9 +101,9 @@ class GlobalOptions:
 def ask_new_password(prompt: str = "enter new password: ") -> str:
     """Ask for a new password; twice on a terminal, so that a typo does not lock you out."""
     first = _ask(prompt)
-    if sys.stdin is not None and sys.stdin.isatty():
-        if _ask("enter password again: ") != first:
-            raise PasswordError("passwords do not match")
+    on_terminal = sys.stdin is not None and sys.stdin.isatty()
+    if on_terminal and _ask("enter password again: ") != first:
+        raise PasswordError("passwords do not match")
     return first
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import socket
@@ -194,10 +195,9 @@ def backup(
             raise Interrupted("backup interrupted; no snapshot was written") from None
         except BaseException:
             if not opts.dry_run:
-                try:
+                # Index what landed; if that fails too, the first error is the one to report.
+                with contextlib.suppress(Exception):
                     repo.flush()
-                except Exception:  # noqa: BLE001 - the first error is the one to report
-                    pass
             raise
         snap_id = None
         if not opts.dry_run:
