@@ -126,7 +126,7 @@ class Archiver:
         self._readers = ThreadPoolExecutor(max(1, read_concurrency), "cairn-read")
         self._blobs = ThreadPoolExecutor(blob_workers or (os.cpu_count() or 2), "cairn-blob")
         # Enough queued chunk data to keep every blob worker busy, but bounded.
-        self._budget = _ByteBudget(64 << 20)
+        self._budget = _ByteBudget(24 << 20)
         self._files_in_flight = threading.BoundedSemaphore(4 * max(1, read_concurrency) + 16)
         self._fatal: BaseException | None = None
         self._done = threading.Event()

@@ -93,10 +93,10 @@ class BlobSaver:
         self._error: BaseException | None = None
         self._workers = max(1, int(getattr(backend, "connections", 2) or 1))
         # Bounded: a producer blocks while every uploader is busy and the queue is full.
-        self._queue: queue.Queue[_Pack | None] = queue.Queue(maxsize=self._workers)
+        self._queue: queue.Queue[_Pack | None] = queue.Queue(maxsize=1)
         self._threads: list[threading.Thread] = []
         self._free: list[bytearray] = []
-        self._max_free = 2 + 2 * self._workers
+        self._max_free = 2
         self._closed = False
 
     # --- public ---------------------------------------------------------------
@@ -125,8 +125,7 @@ class BlobSaver:
             with self._lock:
                 self._pending.discard(key)
             raise
-        full = self._append(t, bid, sealed, ulen)
-        if full is not None:
+        for full in self._append(t, bid, sealed, ulen):
             self._submit(full)
         return bid, True, len(sealed)
 
@@ -174,20 +173,27 @@ class BlobSaver:
         level = LEVELS.get(self.compression, LEVELS["auto"])
         return compress(data, level), n
 
-    def _append(self, t: BlobType, bid: bytes, sealed: bytearray, ulen: int) -> _Pack | None:
+    def _append(self, t: BlobType, bid: bytes, sealed: bytearray, ulen: int) -> list[_Pack]:
+        """Add a sealed blob to the open pack of its type; returns the packs now full.
+
+        A pack is closed *before* a blob would take it past ``pack_size``, so pack buffers
+        (pre-sized to the pack size) are filled in place and never reallocated."""
         n = len(sealed)
         entry_size = COMPRESSED_ENTRY if ulen else COMPRESSED_ENTRY - 4
+        full: list[_Pack] = []
         with self._lock:
             pack = self._open.get(t)
+            if pack is not None and pack.size and pack.size + n > self.pack_size:
+                full.append(self._open.pop(t))
+                pack = None
             if pack is None:
                 pack = self._open[t] = _Pack(t, self._take_buffer())
             entry: Entry = (int(t), bid, pack.size, n, ulen)
             pack.append(sealed, entry, header_entry(t, n, ulen, bid))
             header_full = len(pack.header) + entry_size + COMPRESSED_ENTRY + OVERHEAD > MAX_HEADER
             if pack.size >= self.pack_size or header_full:
-                del self._open[t]
-                return pack
-        return None
+                full.append(self._open.pop(t))
+        return full
 
     def _take_buffer(self) -> bytearray:
         if self._free:
