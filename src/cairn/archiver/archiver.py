@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cairn.archiver.fsmeta import node_from_stat
+from cairn.archiver.scanner import Scanner
 from cairn.archiver.select import Selector
 from cairn.archiver.targets import Target, VirtualDir
 from cairn.chunker import Chunker
@@ -59,6 +60,15 @@ class Progress:
     files_done: int = 0
     bytes_done: int = 0
     current: str = ""
+    #: Counts the targets beside the backup, for totals and an ETA (only when shown).
+    scanner: Scanner | None = None
+
+    def totals(self) -> tuple[int, int] | None:
+        """(files, bytes) to process, once the scanner has finished counting."""
+        s = self.scanner
+        if s is None or not s.done.is_set() or s.cancelled.is_set():
+            return None
+        return s.files, s.bytes
 
 
 class _ByteBudget:
@@ -363,6 +373,7 @@ class Archiver:
                         return False
                     data = bytes(chunk)
                     size += len(data)
+                    self.progress.bytes_done += len(data)
                     self._budget.acquire(len(data))
                     futures.append(self._blobs.submit(self._save_chunk, data))
             after = os.fstat(fd)
@@ -381,7 +392,6 @@ class Archiver:
             self.stats.bytes_read += size
             if node.links > 1:
                 self._hardlinks[key] = (node.content, size)
-        self.progress.bytes_done += size
         return True
 
     def _save_chunk(self, data: bytes) -> bytes:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import sys
-import threading
-import time
 
 import click
 
@@ -12,6 +10,7 @@ from cairn.archiver.archiver import Progress
 from cairn.archiver.select import ExcludeOptions, parse_size
 from cairn.cli.context import GlobalOptions
 from cairn.cli.output import human_duration, human_size, print_json
+from cairn.cli.progress import Sampler, Snapshot, Ticker
 from cairn.errors import PartialBackupError, UsageError
 from cairn.ops.backup import BackupOptions, BackupResult, backup, backup_stdin
 from cairn.repo.gojson import parse_time
@@ -35,38 +34,18 @@ def _files_from(paths: tuple[str, ...]) -> list[str]:
     return out
 
 
-class _Ticker:
-    """Prints a one-line progress status to a terminal once a second."""
+def _sampler(progress: Progress) -> Sampler:
+    def sample() -> Snapshot:
+        totals = progress.totals()
+        return Snapshot(
+            files_done=progress.files_done,
+            bytes_done=progress.bytes_done,
+            files_total=totals[0] if totals else None,
+            bytes_total=totals[1] if totals else None,
+            current=progress.current,
+        )
 
-    def __init__(self, progress: Progress, enabled: bool) -> None:
-        self.progress = progress
-        self.enabled = enabled
-        self.stop = threading.Event()
-        self.start = time.monotonic()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> _Ticker:
-        if self.enabled:
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        if self.enabled:
-            self.thread.join()
-            sys.stderr.write("\r\033[K")
-
-    def _run(self) -> None:
-        while not self.stop.wait(1.0):
-            p = self.progress
-            elapsed = time.monotonic() - self.start
-            rate = p.bytes_done / elapsed if elapsed else 0
-            line = (
-                f"[{human_duration(elapsed)}] {p.files_done} files "
-                f"{human_size(p.bytes_done)}, {human_size(rate)}/s  {p.current[-50:]}"
-            )
-            sys.stderr.write("\r\033[K" + line[:120])
-            sys.stderr.flush()
+    return sample
 
 
 @click.command(name="backup")
@@ -190,9 +169,17 @@ def backup_cmd(
         result = backup_stdin(repo, sys.stdin.buffer, stdin_filename, opts, lock=not g.no_lock)
     else:
         progress = Progress()
-        show = sys.stderr.isatty() and not g.quiet and not g.json
-        with _Ticker(progress, show):
-            result = backup(repo, targets, opts, warn=warn, progress=progress, lock=not g.no_lock)
+        ticker = Ticker.for_output(_sampler(progress), json=g.json, quiet=g.quiet)
+        with ticker:
+            result = backup(
+                repo,
+                targets,
+                opts,
+                warn=warn,
+                progress=progress,
+                lock=not g.no_lock,
+                scan=ticker.enabled,
+            )
     _report(g, result)
     if result.incomplete:
         raise PartialBackupError(

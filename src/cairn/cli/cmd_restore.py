@@ -6,8 +6,10 @@ import click
 
 from cairn.cli.context import GlobalOptions
 from cairn.cli.output import human_duration, human_size, print_json
+from cairn.cli.progress import Snapshot, Ticker
 from cairn.ops.check import check
-from cairn.ops.restore import restore
+from cairn.ops.restore import RestoreResult, restore
+from cairn.restorer.progress import RestoreProgress
 
 pass_globals = click.make_pass_decorator(GlobalOptions)
 
@@ -60,19 +62,36 @@ def restore_cmd(
     """Restore SNAPSHOT (an ID, a prefix, or 'latest'; 'ID:sub/dir' for part of it)
     into the target directory."""
     repo = g.open_repository()
-    result = restore(
-        repo,
-        snapshot,
-        target,
-        include=include,
-        exclude=exclude,
-        verify=verify,
-        sparse=sparse,
-        hosts=hosts,
-        paths=paths,
-        tags=tags,
-        lock=not g.no_lock,
-    )
+    latest: list[RestoreProgress] = []
+
+    def sample() -> Snapshot:
+        if not latest:
+            return Snapshot(files_done=0, bytes_done=0, phase="planning")
+        p = latest[-1]
+        return Snapshot(p.files_done, p.bytes_done, p.files_total, p.bytes_total, phase=p.phase)
+
+    def on_progress(p: RestoreProgress) -> None:
+        latest[:] = [p]
+
+    with Ticker.for_output(sample, json=g.json, quiet=g.quiet):
+        result = restore(
+            repo,
+            snapshot,
+            target,
+            include=include,
+            exclude=exclude,
+            verify=verify,
+            sparse=sparse,
+            hosts=hosts,
+            paths=paths,
+            tags=tags,
+            lock=not g.no_lock,
+            progress=on_progress,
+        )
+    _report_restore(g, result, verify)
+
+
+def _report_restore(g: GlobalOptions, result: RestoreResult, verify: bool) -> None:
     for w in result.warnings:
         if g.json:
             print_json({"message_type": "warning", "message": w})
