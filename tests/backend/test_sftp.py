@@ -46,7 +46,8 @@ from tests.conftest import run_restic
 
 def open_sftp(server: SSHServer, path: Path, **options: str) -> Backend:
     opts = {"sftp.command": server.ssh_command(), "sftp.connections": "2"} | options
-    return open_backend(f"sftp:{HOST_ALIAS}:{path}", opts)
+    # the bare backend: these tests pin how it fails (RetryBackend is tested on top of it)
+    return open_backend(f"sftp:{HOST_ALIAS}:{path}", opts, retries=None)
 
 
 class TestSFTP(BackendContract):
@@ -94,7 +95,7 @@ def test_layout_on_the_server(sshd: SSHServer, tmp_path: Path) -> None:  # noqa:
 def test_url_form_with_port_and_args(sshd: SSHServer, tmp_path: Path) -> None:  # noqa: F811
     """sftp://user@host:port//abs/path, reaching the server through sftp.args."""
     url = f"sftp://root@127.0.0.1:{sshd.port}/{tmp_path}/repo"
-    with open_backend(url, {"sftp.args": sshd.ssh_args()}) as b:
+    with open_backend(url, {"sftp.args": sshd.ssh_args()}, retries=None) as b:
         assert isinstance(b, SFTPBackend)
         b.create()
         h = Handle(FileType.KEY, new_id())

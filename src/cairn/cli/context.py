@@ -13,10 +13,12 @@ import shlex
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cairn.backend.base import Backend
 from cairn.backend.location import open_backend
 from cairn.errors import PasswordError, UsageError
+from cairn.repo.cache import Cache, CacheUnavailable, default_root
 from cairn.repo.repository import Repository
 
 
@@ -65,7 +67,13 @@ class GlobalOptions:
         )
 
     def backend(self) -> Backend:
-        return open_backend(self.repository_url(), self.options)
+        return open_backend(self.repository_url(), self.options, log=self._retry_log)
+
+    def _retry_log(self, message: str) -> None:
+        """One short line per retried request, so a flaky link is visible but not noisy."""
+        if not self.quiet:
+            sys.stderr.write(f"cairn: {message}\n")
+            sys.stderr.flush()
 
     # -- password -----------------------------------------------------------
 
@@ -93,9 +101,24 @@ class GlobalOptions:
             return self.password()
         return ask_new_password()
 
-    def open_repository(self) -> Repository:
+    def open_repository(self, *, cache: bool = True) -> Repository:
+        """Open the repository with the password, through the local cache unless
+        ``--no-cache`` or ``cache=False`` (``check`` must read the repository itself)."""
         backend = self.backend()
-        return Repository.open(backend, self.password(), key_hint=self.key_hint)
+        repo = Repository.open(backend, self.password(), key_hint=self.key_hint)
+        if cache and not self.no_cache:
+            try:
+                repo.use_cache(Cache.open(self.cache_root(), repo.config.id))
+            except CacheUnavailable as e:
+                # Only speed is lost without it, so say why and carry on (as restic does).
+                if not self.quiet:
+                    sys.stderr.write(f"cairn: warning: {e}; continuing without a cache\n")
+        return repo
+
+    def cache_root(self) -> Path:
+        """--cache-dir, else CAIRN_CACHE_DIR/RESTIC_CACHE_DIR, else the XDG default."""
+        root = self.cache_dir or env("CACHE_DIR")
+        return Path(root) if root else default_root(os.environ)
 
 
 def ask_new_password(prompt: str = "enter new password: ") -> str:

@@ -6,6 +6,7 @@ Every failure becomes one line on standard error and a documented exit code (see
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -112,6 +113,9 @@ def _prepare_process() -> None:
     # by sending it SIGHUP; like restic, survive the probe.
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Library warnings (e.g. retries) reach the user through callbacks, not the root logger.
+    logging.getLogger("cairn").addHandler(logging.NullHandler())
+    logging.getLogger("cairn").propagate = bool(os.environ.get("CAIRN_DEBUG"))
     _tune_malloc()
 
 
