@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,10 @@ def cairn_env(repo: str | Path | None = None, password: str = "pw", **extra: str
     env["CAIRN_KDF_PARAMS"] = ",".join(str(x) for x in TEST_KDF)
     if repo is not None:
         env["CAIRN_REPOSITORY"] = str(repo)
+    # Keep each test's metadata cache beside its repository, never in ~/.cache.
+    local = repo is not None and ":" not in str(repo).split("/", 1)[0]
+    cache = Path(str(repo)).parent if local else Path(tempfile.gettempdir())
+    env["CAIRN_CACHE_DIR"] = str(cache / ".cairn-cache")
     env.update(extra)
     return env
 
@@ -35,6 +40,8 @@ def run_cairn(
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``cairn`` as a user would; ``expect`` is the exit code to insist on (None: any)."""
     full_env = cairn_env(repo, password)
+    if env and {"HOME", "XDG_CACHE_HOME", "RESTIC_CACHE_DIR", "CAIRN_CACHE_DIR"} & set(env):
+        del full_env["CAIRN_CACHE_DIR"]  # the test chooses the cache location itself
     full_env.update(env or {})
     proc = subprocess.run(
         [*(prefix or []), sys.executable, "-m", "cairn", *args],

@@ -139,7 +139,8 @@ def check_cmd(g: GlobalOptions, read_data: bool, read_data_subset: str | None) -
     """Check the repository: index, packs, snapshots and trees agree; with --read-data every
     blob decrypts and hashes to its ID. Errors name the damaged pack and the snapshots that
     depend on it."""
-    repo = g.open_repository()
+    # Like restic: check what the repository holds, not what a local cache remembers.
+    repo = g.open_repository(cache=False)
     if not g.quiet and not g.json:
         click.echo(
             "checking index, packs, snapshots and trees"

@@ -14,6 +14,7 @@ from typing import BinaryIO
 from cairn import __version__
 from cairn.archiver.archiver import Archiver, BackupStats, Progress
 from cairn.archiver.fsmeta import go_time
+from cairn.archiver.scanner import Scanner
 from cairn.archiver.select import ExcludeOptions, Selector
 from cairn.archiver.targets import build_layout, snapshot_paths
 from cairn.chunker import Chunker
@@ -163,8 +164,10 @@ def backup(
     warn: Callable[[str], None] | None = None,
     progress: Progress | None = None,
     lock: bool = True,
+    scan: bool = False,
 ) -> BackupResult:
-    """Back up ``targets`` into ``repo``; the caller opened the repository."""
+    """Back up ``targets`` into ``repo``; the caller opened the repository. With ``scan``,
+    a Scanner counts the targets beside the backup so ``progress`` gets totals."""
     if not targets:
         raise UsageError("nothing to back up: give at least one path (or --stdin)")
     started = time.monotonic()
@@ -173,40 +176,48 @@ def backup(
     paths = snapshot_paths(targets)
     layout = build_layout(targets)
     selector = Selector(opts.excludes)
-    with repo.lock(exclusive=False) if lock else _nolock():
-        repo.load_index()
-        parent = None if opts.force else find_parent(repo, host, paths, opts.parent, start_time)
-        archiver = Archiver(
-            repo,
-            selector,
-            parent_tree=parent[1].tree if parent else None,
-            dry_run=opts.dry_run,
-            read_concurrency=opts.read_concurrency,
-            warn=warn,
-            progress=progress,
-        )
-        try:
-            tree = archiver.run(layout)
-        except (KeyboardInterrupt, Interrupted):
-            archiver.interrupted.set()
-            if not opts.dry_run:
-                # Index what already landed, so the next backup does not upload it again.
-                repo.flush()
-            raise Interrupted("backup interrupted; no snapshot was written") from None
-        except BaseException:
-            if not opts.dry_run:
-                # Index what landed; if that fails too, the first error is the one to report.
-                with contextlib.suppress(Exception):
+    if scan and progress is not None:
+        progress.scanner = Scanner(layout, selector).start()
+    try:
+        with repo.lock(exclusive=False) if lock else _nolock():
+            repo.load_index()
+            # Packs a killed backup uploaded without an index: index them, do not upload again.
+            repo.index_orphan_packs(write=not opts.dry_run)
+            parent = None if opts.force else find_parent(repo, host, paths, opts.parent, start_time)
+            archiver = Archiver(
+                repo,
+                selector,
+                parent_tree=parent[1].tree if parent else None,
+                dry_run=opts.dry_run,
+                read_concurrency=opts.read_concurrency,
+                warn=warn,
+                progress=progress,
+            )
+            try:
+                tree = archiver.run(layout)
+            except (KeyboardInterrupt, Interrupted):
+                archiver.interrupted.set()
+                if not opts.dry_run:
+                    # Index what already landed, so the next backup does not upload it again.
                     repo.flush()
-            raise
-        snap_id = None
-        if not opts.dry_run:
-            repo.flush()
-            snap = _new_snapshot(tree, paths, opts, host, start_time)
-            if parent:
-                snap.parent = parent[0]
-            _attach_summary(snap, archiver.stats, start_time, now_gotime())
-            snap_id = repo.save_snapshot(snap)
+                raise Interrupted("backup interrupted; no snapshot was written") from None
+            except BaseException:
+                if not opts.dry_run:
+                    # Index what landed; if that fails too, the first error is the one to report.
+                    with contextlib.suppress(Exception):
+                        repo.flush()
+                raise
+            snap_id = None
+            if not opts.dry_run:
+                repo.flush()
+                snap = _new_snapshot(tree, paths, opts, host, start_time)
+                if parent:
+                    snap.parent = parent[0]
+                _attach_summary(snap, archiver.stats, start_time, now_gotime())
+                snap_id = repo.save_snapshot(snap)
+    finally:
+        if progress is not None and progress.scanner is not None:
+            progress.scanner.stop()
     return BackupResult(
         snapshot_id=snap_id,
         parent_id=parent[0] if parent else None,
@@ -236,6 +247,8 @@ def backup_stdin(
     stats = BackupStats()
     with repo.lock(exclusive=False) if lock else _nolock():
         repo.load_index()
+        # Packs a killed backup uploaded without an index: index them, do not upload again.
+        repo.index_orphan_packs(write=not opts.dry_run)
         chunker = Chunker(repo.config.chunker_polynomial)
         content: list[bytes] = []
         size = 0

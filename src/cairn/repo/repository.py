@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from types import TracebackType
 
 from cairn.backend.base import Backend, FileType, Handle
@@ -25,12 +26,19 @@ from cairn.errors import (
     SnapshotNotFoundError,
     UsageError,
 )
+from cairn.repo.cache import Cache, CachedBackend
 from cairn.repo.compression import LEVELS
 from cairn.repo.config import LATEST_VERSION, Config
 from cairn.repo.crypto import Key
 from cairn.repo.files import FileStore
 from cairn.repo.ids import BlobType
-from cairn.repo.index import MasterIndex, PackedBlob, decode_index
+from cairn.repo.index import (
+    INDEX_FILE_BLOBS,
+    MasterIndex,
+    PackedBlob,
+    decode_index,
+    encode_index,
+)
 from cairn.repo.keys import KdfParams, default_kdf, open_master_key
 from cairn.repo.keys import add_key as _add_key
 from cairn.repo.lock import Lock, remove_stale_locks
@@ -40,7 +48,7 @@ from cairn.repo.packer import DEFAULT_PACK_SIZE, BlobSaver
 from cairn.repo.snapshot import Snapshot, latest, resolve_prefix
 from cairn.repo.tree import decode_tree, encode_tree
 
-__all__ = ["Config", "KdfParams", "Repository"]
+__all__ = ["Config", "KdfParams", "OrphanPacks", "Repository"]
 
 COMPRESSION_MODES = ("auto", "off", "max", "fastest", "better")
 #: Gaps up to this size between wanted blobs are read and discarded (one request is cheaper).
@@ -48,6 +56,19 @@ _READ_GAP = 256 * 1024
 _READ_SPAN = 32 * 1024 * 1024
 
 _CONFIG = Handle(FileType.CONFIG)
+
+
+@dataclass
+class OrphanPacks:
+    """What :meth:`Repository.index_orphan_packs` found: packs in no index file."""
+
+    #: Packs whose blobs were added to the index.
+    packs: int = 0
+    blobs: int = 0
+    #: Index files written for them (empty when not writing).
+    index_files: list[str] = field(default_factory=list)
+    #: Orphan packs whose header could not be read: (pack ID, error); left for check.
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Repository:
@@ -76,6 +97,7 @@ class Repository:
         self._saver: BlobSaver | None = None
         self._saver_lock = threading.Lock()
         self._locks: list[Lock] = []
+        self._cached: CachedBackend | None = None
 
     # --- creating and opening ---------------------------------------------------------
 
@@ -146,6 +168,24 @@ class Repository:
             username=username,
             hostname=hostname,
         )
+
+    # --- the local cache --------------------------------------------------------------
+
+    def use_cache(self, cache: Cache) -> None:
+        """Read snapshots, index files and tree packs through ``cache`` from now on (call
+        it right after opening, before any blob is saved)."""
+        if self._cached is not None:
+            raise UsageError("the repository already uses a cache")
+        self._cached = CachedBackend(self.backend, cache, self.key)
+        self.backend = self._cached
+        self.files.backend = self._cached
+        if self._saver is not None:
+            self._saver.backend = self._cached
+
+    @property
+    def cache(self) -> Cache | None:
+        """The local cache in use, if any."""
+        return self._cached.cache if self._cached is not None else None
 
     # --- settings -----------------------------------------------------------------------
 
@@ -235,10 +275,13 @@ class Repository:
             )
         error: CairnError | None = None
         for pb in copies:
+            handle = Handle(FileType.PACK, pb.pack_id.hex())
             try:
-                sealed = self.backend.load(
-                    Handle(FileType.PACK, pb.pack_id.hex()), pb.offset, pb.length
-                )
+                if t is BlobType.TREE and self._cached is not None:
+                    # Packs hold one blob type: a tree blob's pack is a tree pack.
+                    sealed = self._cached.load_tree_pack(handle, pb.offset, pb.length)
+                else:
+                    sealed = self.backend.load(handle, pb.offset, pb.length)
                 return open_blob(self.key, pb, sealed)
             except (IntegrityError, BackendError) as e:
                 error = e
@@ -270,6 +313,60 @@ class Repository:
     def list_pack_blobs(self, pack_id: bytes, size: int | None = None) -> list[PackedBlob]:
         """The blobs a pack's own header lists (no index needed; for check and repair)."""
         return read_header(self.backend, self.key, pack_id, size)
+
+    def index_orphan_packs(self, *, write: bool = True) -> OrphanPacks:
+        """Index the packs no index file names, e.g. uploaded by a backup that was killed
+        before it wrote their index: their blobs join :attr:`index` (so they are not
+        uploaded again) and, with ``write``, new index files describe them. One listing;
+        only orphans' headers are read. Call after :meth:`load_index`, holding a lock.
+
+        A pack that another running backup uploaded but has not indexed yet is indexed
+        twice in the end; duplicate index entries are harmless (restic accepts them)."""
+        found = OrphanPacks()
+        known = self.index.pack_ids()
+        orphans = [
+            fi for fi in self.backend.list(FileType.PACK) if bytes.fromhex(fi.name) not in known
+        ]
+        if not orphans:
+            return found
+
+        def header(size_name: tuple[int, str]) -> list[PackedBlob] | CairnError:
+            size, name = size_name
+            try:
+                return self.list_pack_blobs(bytes.fromhex(name), size)
+            except CairnError as e:
+                return e
+
+        workers = min(len(orphans), max(4, 2 * self.backend.connections))
+        batch: list[tuple[bytes, list[PackedBlob]]] = []
+        batch_blobs = 0
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cairn-orphan") as pool:
+            jobs = [(fi.size, fi.name) for fi in orphans]
+            for (_, name), blobs in zip(jobs, pool.map(header, jobs), strict=True):
+                if isinstance(blobs, CairnError):
+                    found.unreadable.append((name, str(blobs)))
+                    continue
+                if not blobs:
+                    continue
+                batch.append((bytes.fromhex(name), blobs))
+                batch_blobs += len(blobs)
+                if batch_blobs >= INDEX_FILE_BLOBS:
+                    self._index_recovered(batch, found, write)
+                    batch, batch_blobs = [], 0
+        if batch:
+            self._index_recovered(batch, found, write)
+        return found
+
+    def _index_recovered(
+        self, batch: list[tuple[bytes, list[PackedBlob]]], found: OrphanPacks, write: bool
+    ) -> None:
+        # The index file first: the packs exist (saves are atomic), so it may name them.
+        if write:
+            found.index_files.append(self.files.save(FileType.INDEX, encode_index(batch)))
+        for _, blobs in batch:
+            self.index.add(blobs)
+            found.packs += 1
+            found.blobs += len(blobs)
 
     def _blob_saver(self) -> BlobSaver:
         saver = self._saver
