@@ -53,7 +53,8 @@ __all__ = ["Config", "KdfParams", "OrphanPacks", "Repository"]
 COMPRESSION_MODES = ("auto", "off", "max", "fastest", "better")
 #: Gaps up to this size between wanted blobs are read and discarded (one request is cheaper).
 _READ_GAP = 256 * 1024
-_READ_SPAN = 32 * 1024 * 1024
+#: At most this much of a pack is read at once: restore workers each hold one span.
+_READ_SPAN = 8 * 1024 * 1024
 
 _CONFIG = Handle(FileType.CONFIG)
 
