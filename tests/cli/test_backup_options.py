@@ -125,3 +125,23 @@ def test_files_vanishing_during_backup(tmp_path: Path) -> None:
     stored = run_cairn("ls", "latest", repo=repo).stdout.decode().count(".bin")
     assert stored + summary["errors"] <= len(names)
     assert b"no errors were found" in run_restic(repo, "check", "--read-data").stdout
+
+
+def test_verbose_lists_new_modified_and_unchanged_files(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    (src / "b.txt").write_text("b")
+    repo = tmp_path / "repo"
+    run_cairn("init", repo=repo)
+    first = run_cairn("-v", "backup", str(src), repo=repo).stdout.decode()
+    assert f"new        {src}/a.txt" in first and f"new        {src}/b.txt" in first
+    (src / "a.txt").write_text("changed")
+    second = run_cairn("-v", "backup", str(src), repo=repo).stdout.decode()
+    assert f"modified   {src}/a.txt" in second and "b.txt" not in second
+    third = run_cairn("-vv", "--json", "backup", str(src), repo=repo).stdout.splitlines()
+    events = [json.loads(x) for x in third if b"verbose_status" in x]
+    assert {(e["action"], e["item"]) for e in events} == {
+        ("unchanged", f"{src}/a.txt"),
+        ("unchanged", f"{src}/b.txt"),
+    }

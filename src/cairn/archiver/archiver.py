@@ -122,6 +122,7 @@ class Archiver:
         read_concurrency: int = 2,
         blob_workers: int | None = None,
         warn: WarnFn | None = None,
+        on_file: Callable[[str, bytes], None] | None = None,
         progress: Progress | None = None,
     ) -> None:
         self.repo = repo
@@ -129,6 +130,8 @@ class Archiver:
         self.parent_tree = parent_tree
         self.dry_run = dry_run
         self.warn_fn = warn
+        #: Called with ("new" | "modified" | "unchanged", path) per file, for -v output.
+        self.on_file = on_file
         self.stats = BackupStats()
         self.progress = progress or Progress()
         self.chunker = Chunker(repo.config.chunker_polynomial)
@@ -296,6 +299,8 @@ class Archiver:
             node.content = list(old_node.content or [])
             with self._stats_lock:
                 self.stats.files_unmodified += 1
+            if self.on_file:
+                self.on_file("unchanged", path)
             self.progress.files_done += 1
             self.progress.bytes_done += node.size
             with job.lock:
@@ -335,6 +340,8 @@ class Archiver:
                             self.stats.files_changed += 1
                         else:
                             self.stats.files_new += 1
+                if ok and self.on_file:
+                    self.on_file("modified" if existed else "new", path)
         except BaseException as e:  # noqa: BLE001 - handed to the walking thread
             self._fail(e)
         finally:

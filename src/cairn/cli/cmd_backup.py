@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import threading
+from collections.abc import Callable
 
 import click
 
@@ -32,6 +34,28 @@ def _files_from(paths: tuple[str, ...]) -> list[str]:
                 if line.strip() and not line.lstrip().startswith("#"):
                     out.append(line)
     return out
+
+
+def _file_reporter(g: GlobalOptions) -> Callable[[str, bytes], None] | None:
+    """restic's -v: new and modified files; -vv: unchanged ones too."""
+    if g.verbose < 1 or g.quiet:
+        return None
+    wanted = {"new", "modified"} | ({"unchanged"} if g.verbose >= 2 else set())
+    lock = threading.Lock()
+
+    def report(action: str, path: bytes) -> None:
+        if action not in wanted:
+            return
+        with lock:  # called from reader threads
+            if g.json:
+                item = path.decode("utf-8", "replace")
+                print_json({"message_type": "verbose_status", "action": action, "item": item})
+            else:
+                sys.stdout.flush()
+                sys.stdout.buffer.write(f"{action:<10} ".encode() + path + b"\n")
+                sys.stdout.buffer.flush()
+
+    return report
 
 
 def _sampler(progress: Progress) -> Sampler:
@@ -179,6 +203,7 @@ def backup_cmd(
                 progress=progress,
                 lock=not g.no_lock,
                 scan=ticker.enabled,
+                on_file=_file_reporter(g),
             )
     _report(g, result)
     if result.incomplete:

@@ -165,6 +165,7 @@ def backup(
     progress: Progress | None = None,
     lock: bool = True,
     scan: bool = False,
+    on_file: Callable[[str, bytes], None] | None = None,
 ) -> BackupResult:
     """Back up ``targets`` into ``repo``; the caller opened the repository. With ``scan``,
     a Scanner counts the targets beside the backup so ``progress`` gets totals."""
@@ -192,6 +193,7 @@ def backup(
                 read_concurrency=opts.read_concurrency,
                 warn=warn,
                 progress=progress,
+                on_file=on_file,
             )
             try:
                 tree = archiver.run(layout)
