@@ -75,10 +75,13 @@ def snapshot_ids(server: SSHServer, repo: Path) -> list[str]:
 
 
 def one_error_line(stderr: bytes) -> str:
-    """The single ``cairn: ...`` line a failure must print."""
+    """The single ``cairn: ...`` error line a failure must print (besides one notice per
+    retried request, which says "retrying")."""
     lines = [ln for ln in stderr.decode(errors="replace").splitlines() if ln.startswith("cairn:")]
-    assert len(lines) == 1, stderr
-    return lines[0]
+    errors = [ln for ln in lines if "; retrying in " not in ln]
+    assert len(errors) == 1, stderr
+    assert "Traceback" not in stderr.decode(errors="replace")
+    return errors[0]
 
 
 # --- round trips ----------------------------------------------------------------------
