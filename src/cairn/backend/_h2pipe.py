@@ -28,6 +28,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import hyperframe.frame
 from h2.errors import ErrorCodes
 
 from cairn.backend._http import READ_TIMEOUT, Body, HttpResponse
@@ -39,6 +40,17 @@ _CONNECTION_WINDOW = 64 * 1024 * 1024
 #: Largest DATA frame we accept (bigger frames = fewer Python-level events).
 _MAX_FRAME = 1024 * 1024
 _READ_SIZE = 1024 * 1024
+
+
+def _data_frame_repr(self: hyperframe.frame.DataFrame) -> str:
+    return f"<{len(self.data)} bytes>"
+
+
+# h2 formats ``repr(frame)`` for its trace log on every frame it receives, even with
+# logging off, and a DATA frame's repr copies the body and hex-encodes all of it only to
+# keep 20 characters: measured 0.5 s of CPU per 500 MiB downloaded (a quarter of a
+# restore's CPU). The repr of a DATA frame becomes its length; nothing else reads it.
+hyperframe.frame.DataFrame._body_repr = _data_frame_repr  # type: ignore[method-assign,assignment]
 
 
 class _Stream:

@@ -6,7 +6,9 @@ A transport sends one request and returns the whole response. Failures below HTT
 them. A host that cannot be reached at all before any request succeeded is *not*
 transient, so that a wrong URL or a server that is down fails fast with one message
 instead of minutes of retries; once the server has answered, a refused connection means
-it is restarting and is worth retrying.
+it is restarting and is worth retrying. Likewise the first answer is awaited only for
+the connect timeout, not the long read timeout: a port that accepts connections but never
+answers (a wedged host, another service) must not hold the user for minutes.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class Urllib3Transport:
         kwargs: dict[str, object] = {}
         if origin.startswith("https:") and ca_file:
             kwargs["ca_certs"] = ca_file
+        self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
         # block=True: at most ``connections`` sockets; extra threads wait for a free one.
         # retries=False: cairn.backend.retry decides about retries, with backoff and logging.
         self._pool = urllib3.connection_from_url(
@@ -86,10 +89,12 @@ class Urllib3Transport:
             maxsize=connections,
             block=True,
             retries=False,
-            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+            timeout=self._timeout,
             **kwargs,
         )
         self._reached = False
+        self._first_wait = connect_timeout
+        self._first_timeout = urllib3.Timeout(connect=connect_timeout, read=connect_timeout)
 
     def request(
         self, method: str, path: str, headers: Mapping[str, str], body: Body | None = None
@@ -104,6 +109,8 @@ class Urllib3Transport:
                 redirect=False,
                 preload_content=False,
                 decode_content=False,
+                # until the server has answered once, a silent server is a wrong address
+                timeout=self._timeout if self._reached else self._first_timeout,
             )
             try:
                 data = resp.read()
@@ -133,6 +140,11 @@ class Urllib3Transport:
             msg = f"{self.origin}: cannot connect ({reason})"
             return TransientBackendError(msg) if self._reached else BackendError(msg)
         if isinstance(e, ReadTimeoutError):
+            if not self._reached:
+                return BackendError(
+                    f"{self.origin}: connected, but no answer within "
+                    f"{self._first_wait:g}s (is this a REST server?)"
+                )
             return TransientBackendError(f"{where}: the server did not answer in time")
         if isinstance(e, ProtocolError | EmptyPoolError):
             return TransientBackendError(f"{where}: connection broken ({e})")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import posixpath
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any, NoReturn
 
@@ -174,16 +175,32 @@ class S3Backend(Backend):
         if region is None:
             region = self._bucket_region() if where.is_aws else "us-east-1"
         self.region = region
-        self._client = self._make_client(region)
+        # Until the server has answered once, a port that accepts connections but never
+        # answers is a wrong address, not a slow server: the first client waits only as
+        # long as a connection may take, and is replaced by the patient one after the
+        # first answer (from the same session, a second client costs about 10 ms).
+        self._client = self._make_client(region, read_timeout=CONNECT_TIMEOUT)
+        self._clients = [self._client]
         self._transfers: Any = None  # created on the first large upload
         self._reached = False
+        self._reached_lock = threading.Lock()
 
-    def _make_client(self, region: str) -> Any:
+    def _answered(self) -> None:
+        """The server answered: from now on, wait for answers as long as uploads need."""
+        if self._reached:
+            return
+        with self._reached_lock:
+            if not self._reached:
+                self._client = self._make_client(self.region, read_timeout=READ_TIMEOUT)
+                self._clients.append(self._client)
+                self._reached = True
+
+    def _make_client(self, region: str, *, read_timeout: float) -> Any:
         config = botocore.config.Config(
             region_name=region,
             signature_version="s3v4",
             connect_timeout=CONNECT_TIMEOUT,
-            read_timeout=READ_TIMEOUT,
+            read_timeout=read_timeout,
             max_pool_connections=self.connections + MULTIPART_CONCURRENCY,
             retries={"total_max_attempts": 1, "mode": "standard"},
             s3={"addressing_style": self._addressing},
@@ -253,6 +270,11 @@ class S3Backend(Backend):
             )
         if isinstance(e, botocore.exceptions.SSLError):
             return BackendError(f"{self.location}: TLS failed: {e}")
+        if isinstance(e, botocore.exceptions.ReadTimeoutError) and not self._reached:
+            return BackendError(
+                f"{self.location}: connected to {self.where.endpoint or 'AWS'}, but no answer "
+                f"within {CONNECT_TIMEOUT:g}s (is this an S3 server?)"
+            )
         if isinstance(
             e, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError
         ) and not isinstance(e, botocore.exceptions.ReadTimeoutError):
@@ -266,10 +288,11 @@ class S3Backend(Backend):
         try:
             result = fn(**kwargs)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+            error = self._error(e, what)  # judged by what was known when the call began
             if isinstance(e, botocore.exceptions.ClientError):
-                self._reached = True
-            self._raise(e, what)
-        self._reached = True
+                self._answered()
+            raise error from e
+        self._answered()
         return result
 
     def _head(self, handle: Handle) -> int | None:
@@ -361,7 +384,7 @@ class S3Backend(Backend):
             self._raise(e, f"save {handle}")
         except Exception as e:  # s3transfer wraps some failures in its own types
             raise TransientBackendError(f"{self.location}: save {handle}: {e}") from e
-        self._reached = True
+        self._answered()
 
     def load(self, handle: Handle, offset: int = 0, length: int | None = None) -> bytes:
         if offset < 0 or (length is not None and length < 0):
@@ -397,6 +420,11 @@ class S3Backend(Backend):
             raise self._not_found(handle)
         return size
 
+    def exists(self, handle: Handle) -> bool:
+        # Not stat(): for config that reports a missing bucket as an error, but `init` asks
+        # exactly this question before it creates the bucket.
+        return self._head(handle) is not None
+
     def list(self, file_type: FileType) -> Iterator[FileInfo]:
         if file_type is FileType.CONFIG:
             raise ValueError("config is not listed")
@@ -407,7 +435,7 @@ class S3Backend(Backend):
         pages = self._client.get_paginator("list_objects_v2").paginate(**kwargs)
         try:
             for page in pages:
-                self._reached = True
+                self._answered()
                 for obj in page.get("Contents", ()):
                     name = obj["Key"].rsplit("/", 1)[-1]
                     if is_id_name(name):
@@ -436,7 +464,8 @@ class S3Backend(Backend):
         if self._transfers is not None:
             self._transfers.shutdown()
             self._transfers = None
-        self._client.close()
+        for client in self._clients:
+            client.close()
 
 
 def _option(options: Mapping[str, str], key: str) -> str | None:
