@@ -95,7 +95,7 @@ class _ByteBudget:
 class _DirJob:
     """A directory being built: its nodes, and how many children are still outstanding."""
 
-    __slots__ = ("nodes", "pending", "parent", "node", "old_subtree", "lock")
+    __slots__ = ("nodes", "pending", "parent", "node", "old_subtree", "old_nodes", "lock")
 
     def __init__(self, parent: _DirJob | None, node: Node | None, old_subtree: bytes | None):
         self.nodes: list[Node] = []
@@ -103,6 +103,8 @@ class _DirJob:
         self.parent = parent
         self.node = node  # this directory's node in its parent (None for the root)
         self.old_subtree = old_subtree
+        #: The parent snapshot's nodes of this directory, kept until its tree is written.
+        self.old_nodes: dict[bytes, Node] | None = None
         self.lock = threading.Lock()
 
 
@@ -138,8 +140,10 @@ class Archiver:
         self._stats_lock = threading.Lock()
         self._readers = ThreadPoolExecutor(max(1, read_concurrency), "cairn-read")
         self._blobs = ThreadPoolExecutor(blob_workers or (os.cpu_count() or 2), "cairn-blob")
-        # Enough queued chunk data to keep every blob worker busy, but bounded.
-        self._budget = _ByteBudget(24 << 20)
+        # Enough queued chunk data to keep every blob worker busy, but bounded: readers
+        # chunk far faster than zstd compresses, so the queue stays full and its limit is
+        # resident memory. 12 MiB holds a maximum (8 MiB) chunk plus a few average ones.
+        self._budget = _ByteBudget(12 << 20)
         self._files_in_flight = threading.BoundedSemaphore(4 * max(1, read_concurrency) + 16)
         self._fatal: BaseException | None = None
         self._done = threading.Event()
@@ -207,7 +211,7 @@ class Archiver:
     ) -> None:
         """Intermediate directories: nodes from the real directories' metadata, children
         limited to the components leading to targets."""
-        old = self._parent_nodes(parent_tree)
+        old = job.old_nodes = self._parent_nodes(parent_tree)
         for name, child in vdir.children.items():
             path = child.path if isinstance(child, Target) else child.real_path
             try:
@@ -260,7 +264,7 @@ class Archiver:
         except OSError as e:
             self._warn(f"{os.fsdecode(path)}: {e.strerror}")
             return
-        old = self._parent_nodes(parent_tree)
+        old = job.old_nodes = self._parent_nodes(parent_tree)
         for name, epath in entries:
             try:
                 st = os.lstat(epath)
@@ -457,6 +461,11 @@ class Archiver:
     def _save_tree(self, job: _DirJob) -> bytes:
         from cairn.repo.tree import encode_tree
 
+        old_nodes, job.old_nodes = job.old_nodes, None
+        if _same_nodes(job.nodes, old_nodes) and job.old_subtree is not None:
+            # Nothing in this directory changed: its tree is the parent's. Skips encoding,
+            # hashing and the index lookup, per directory of a no-change backup.
+            return job.old_subtree
         data = encode_tree(job.nodes)
         bid = blob_id(data)
         if self.dry_run:
@@ -477,6 +486,19 @@ class Archiver:
         if self._fatal is None:
             self._fatal = e
         self._done.set()
+
+
+def _same_nodes(nodes: list[Node], old: dict[bytes, Node] | None) -> bool:
+    """Whether ``nodes`` equal, field by field, the parent tree's ``old`` nodes, so that
+    they encode to that tree's bytes. Node equality covers every encoded field; a lossy
+    symlink target (a bytes subclass that encodes differently) never counts as equal."""
+    if not old or len(old) != len(nodes):
+        return False
+    for n in nodes:
+        o = old.get(n.name)
+        if o is None or o != n or type(o.linktarget) is not bytes:
+            return False
+    return True
 
 
 def _subtree(node: Node | None) -> bytes | None:

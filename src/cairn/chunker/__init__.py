@@ -39,8 +39,11 @@ MAX_SIZE = 8 * 1024 * 1024
 MASK_BITS = 20
 WINDOW_SIZE = 64
 
-#: Read buffer of :meth:`Chunker.chunks`; twice the maximum chunk so a refill moves little data.
-DEFAULT_BUFFER_SIZE = 16 * 1024 * 1024
+#: Read buffer of :meth:`Chunker.chunks`: the maximum chunk plus 2 MiB. A refill moves only
+#: the undecided tail (shorter than the chunk being cut, ~1 MiB on average), so a bigger
+#: buffer saves no CPU (measured: the same CPU time at 9, 10 and 16 MiB) but costs memory
+#: in every reader thread.
+DEFAULT_BUFFER_SIZE = MAX_SIZE + 2 * 1024 * 1024
 
 BytesLike = bytes | bytearray | memoryview
 

@@ -133,9 +133,11 @@ def _tune_malloc() -> None:
         m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
         libc.mallopt(m_mmap_threshold, 32 << 20)
         libc.mallopt(m_trim_threshold, 64 << 20)
-        # One arena per thread multiplies retained memory; two keep contention low
-        # (measured restore of 1 GiB: 189 MB -> 146 MB peak RSS, no slower).
-        libc.mallopt(m_arena_max, 2)
+        # Every arena keeps its own freed buffers (up to the trim threshold) and its own
+        # fragmentation. The big buffers are few and Python's small objects never reach
+        # malloc, so one arena costs no measurable contention (measured on 1 GiB, peak RSS:
+        # backup 165 -> 150 MB, restore 155 -> 130 MB, same CPU time; 8 arenas: 189 MB).
+        libc.mallopt(m_arena_max, 1)
     except (OSError, AttributeError):
         pass  # not glibc: nothing to tune
 

