@@ -13,6 +13,10 @@ from pathlib import Path
 
 import pytest
 
+#: Server fixtures used by several test packages are registered once, so that session
+#: scope means one server per test run (radosgw takes ~15 s to start).
+pytest_plugins = ["tests.backend.radosgw"]
+
 ROOT = Path(__file__).resolve().parent.parent
 #: ../shared beside the checkout (CI clones main with shared/ next to it).
 SHARED = Path(os.environ.get("CAIRN_SHARED_DIR", ROOT.parent / "shared"))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cairn.backend.base import Backend, FileType, Handle
-from cairn.backend.location import open_backend
+from cairn.backend.location import open_backend  # retries=None: these tests pin the bare backend
 from cairn.backend.rclone import RcloneBackend
 from cairn.errors import BackendError, UsageError
 from tests.backend.contract import BackendContract, listing, new_id
@@ -46,14 +46,14 @@ class TestRclonePath(BackendContract):
 
     @pytest.fixture
     def backend(self, tmp_path: Path) -> Iterator[Backend]:
-        b = open_backend(f"rclone:{tmp_path}/repo{next(_counter)}")
+        b = open_backend(f"rclone:{tmp_path}/repo{next(_counter)}", retries=None)
         b.create()
         yield b
         b.close()
 
     @pytest.fixture
     def bare_backend(self, tmp_path: Path) -> Iterator[Backend]:
-        b = open_backend(f"rclone:{tmp_path}/bare{next(_counter)}")
+        b = open_backend(f"rclone:{tmp_path}/bare{next(_counter)}", retries=None)
         yield b
         b.close()
 
@@ -69,7 +69,7 @@ class TestRcloneRemote(BackendContract):
 
     @pytest.fixture
     def backend(self, tmp_path: Path) -> Iterator[Backend]:
-        b = open_backend(f"rclone:store:{tmp_path}/remote{next(_counter)}")
+        b = open_backend(f"rclone:store:{tmp_path}/remote{next(_counter)}", retries=None)
         b.create()
         yield b
         b.close()
@@ -80,7 +80,7 @@ class TestRcloneRemote(BackendContract):
 
 
 def test_layout_on_disk_and_child_stopped_on_close(tmp_path: Path) -> None:
-    b = open_backend(f"rclone:store:{tmp_path}/repo")
+    b = open_backend(f"rclone:store:{tmp_path}/repo", retries=None)
     assert isinstance(b, RcloneBackend) and b.location == f"rclone:store:{tmp_path}/repo"
     b.create()
     h = Handle(FileType.PACK, new_id("ab"))
@@ -93,7 +93,7 @@ def test_layout_on_disk_and_child_stopped_on_close(tmp_path: Path) -> None:
 
 
 def test_unknown_remote_is_one_clear_error(tmp_path: Path) -> None:
-    b = open_backend("rclone:nosuchremote:repo")
+    b = open_backend("rclone:nosuchremote:repo", retries=None)
     start = time.monotonic()
     with pytest.raises(BackendError, match="rclone exited") as info:
         b.stat(Handle(FileType.CONFIG))
@@ -105,16 +105,16 @@ def test_unknown_remote_is_one_clear_error(tmp_path: Path) -> None:
 
 def test_missing_program_and_bad_options(tmp_path: Path) -> None:
     with pytest.raises(BackendError, match="not found"):
-        open_backend(f"rclone:{tmp_path}", {"rclone.program": "/nonexistent/rclone"})
+        open_backend(f"rclone:{tmp_path}", {"rclone.program": "/nonexistent/rclone"}, retries=None)
     with pytest.raises(UsageError):
-        open_backend(f"rclone:{tmp_path}", {"rclone.bogus": "1"})
-    b = open_backend(f"rclone:{tmp_path}/r", {"rclone.connections": "3"})
+        open_backend(f"rclone:{tmp_path}", {"rclone.bogus": "1"}, retries=None)
+    b = open_backend(f"rclone:{tmp_path}/r", {"rclone.connections": "3"}, retries=None)
     assert b.connections == 3
     b.close()
 
 
 def test_child_dies_mid_run(tmp_path: Path) -> None:
-    b = open_backend(f"rclone:{tmp_path}/repo")
+    b = open_backend(f"rclone:{tmp_path}/repo", retries=None)
     assert isinstance(b, RcloneBackend)
     b.create()
     b._proc.kill()
@@ -126,13 +126,13 @@ def test_child_dies_mid_run(tmp_path: Path) -> None:
 def test_restic_round_trip(fixture_repo: Callable[[str], Path], tmp_path: Path) -> None:
     """restic reads what cairn wrote through rclone:, and cairn reads it back."""
     url = f"rclone:store:{tmp_path}/up"
-    b = open_backend(url)
+    b = open_backend(url, retries=None)
     upload_repo(fixture_repo("v2"), b)
     b.close()
     env = {"RESTIC_CACHE_DIR": str(tmp_path / "cache")}  # RCLONE_CONFIG is set above
     proc = run_restic(url, "check", "--read-data", password=FIXTURE_PASSWORD, env=env)
     assert b"no errors were found" in proc.stdout
-    b = open_backend(url)
+    b = open_backend(url, retries=None)
     assert len(listing(b, FileType.SNAPSHOT)) >= 1
     download_repo(b, tmp_path / "down")
     b.close()

@@ -11,7 +11,7 @@ import pytest
 
 from cairn.backend._http import Body, HttpResponse, Transport
 from cairn.backend.base import Backend, FileType, Handle
-from cairn.backend.location import open_backend
+from cairn.backend.location import open_backend  # retries=None: these tests pin the bare backend
 from cairn.backend.rest import API_V2, RestBackend, from_location
 from cairn.backend.retry import RetryBackend
 from cairn.errors import (
@@ -45,14 +45,14 @@ def fresh_url(server: RestServer) -> str:
 class TestRestContract(BackendContract):
     @pytest.fixture
     def backend(self, server: RestServer) -> Iterator[Backend]:
-        b = open_backend(fresh_url(server))
+        b = open_backend(fresh_url(server), retries=None)
         b.create()
         yield b
         b.close()
 
     @pytest.fixture
     def bare_backend(self, server: RestServer) -> Iterator[Backend]:
-        b = open_backend(fresh_url(server))
+        b = open_backend(fresh_url(server), retries=None)
         yield b
         b.close()
 
@@ -135,7 +135,7 @@ def test_options(tmp_path: Path) -> None:
 
 
 def test_unreachable_server_fails_fast_and_not_transient() -> None:
-    b = open_backend(f"rest:http://127.0.0.1:{free_port()}/repo/")
+    b = open_backend(f"rest:http://127.0.0.1:{free_port()}/repo/", retries=None)
     start = time.monotonic()
     with pytest.raises(BackendError, match="cannot connect") as info:
         b.stat(Handle(FileType.CONFIG))
@@ -146,7 +146,7 @@ def test_unreachable_server_fails_fast_and_not_transient() -> None:
 
 def test_server_gone_mid_run_is_transient(tmp_path: Path) -> None:
     with rclone_rest_server(tmp_path / "root") as srv:
-        b = open_backend(srv.repo_url("r"))
+        b = open_backend(srv.repo_url("r"), retries=None)
         b.create()
     with pytest.raises(BackendError) as info:
         b.stat(Handle(FileType.CONFIG))
@@ -156,7 +156,7 @@ def test_server_gone_mid_run_is_transient(tmp_path: Path) -> None:
 
 def test_authentication(tmp_path: Path) -> None:
     with rclone_rest_server(tmp_path / "root", user="alice", password="secret") as srv:
-        good = open_backend(srv.repo_url("r"))
+        good = open_backend(srv.repo_url("r"), retries=None)
         good.create()
         good.save(Handle(FileType.KEY, new_id()), b"key")
         assert len(listing(good, FileType.KEY)) == 1
@@ -165,7 +165,7 @@ def test_authentication(tmp_path: Path) -> None:
             srv.repo_url("r").replace(":secret@", ":wrong@"),
             srv.repo_url("r", credentials=False),
         ]:
-            bad = open_backend(url)
+            bad = open_backend(url, retries=None)
             with pytest.raises(AuthenticationError):
                 bad.stat(Handle(FileType.CONFIG))
             with pytest.raises(AuthenticationError):
@@ -179,7 +179,7 @@ def test_retry_after_a_broken_upload_with_rclone_object_cache(
     """rclone's default object cache still reports a file whose upload broke off; saving
     it again must not fail with AlreadyExists (RetryBackend does exactly that)."""
     with rclone_rest_server(tmp_path / "root", cache_objects=True) as srv:
-        b = open_backend(srv.repo_url("r"))
+        b = open_backend(srv.repo_url("r"), retries=None)
         b.create()
         h = Handle(FileType.PACK, new_id())
         data = bytes(range(256)) * 8192  # 2 MiB
@@ -194,7 +194,7 @@ def test_retry_after_a_broken_upload_with_rclone_object_cache(
 
 def test_append_only_server(tmp_path: Path) -> None:
     with rclone_rest_server(tmp_path / "root", append_only=True) as srv:
-        b = open_backend(srv.repo_url("r"))
+        b = open_backend(srv.repo_url("r"), retries=None)
         b.create()
         b.save(Handle(FileType.CONFIG), b"config")
         pack, lock = Handle(FileType.PACK, new_id()), Handle(FileType.LOCK, new_id())
@@ -271,7 +271,7 @@ def test_restic_checks_what_cairn_uploaded(
     server: RestServer, fixture_repo: Callable[[str], Path], tmp_path: Path
 ) -> None:
     url = fresh_url(server)
-    b = open_backend(url)
+    b = open_backend(url, retries=None)
     count = upload_repo(fixture_repo("v2"), b)
     assert count > 10
     b.close()
@@ -290,7 +290,7 @@ def test_cairn_reads_what_restic_wrote(server: RestServer, tmp_path: Path) -> No
     env = restic_env(tmp_path)
     run_restic(url, "init", env=env)
     run_restic(url, "backup", str(src), env=env)
-    b = open_backend(url)
+    b = open_backend(url, retries=None)
     assert download_repo(b, tmp_path / "copy") > 5
     b.close()
     proc = run_restic(tmp_path / "copy", "check", "--read-data", env=env)

@@ -18,7 +18,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from cairn.backend.base import Backend, FileType, Handle
-from cairn.backend.location import open_backend
+from cairn.backend.location import open_backend  # retries=None: these tests pin the bare backend
 from cairn.backend.s3 import S3Backend, S3Location, from_location
 from cairn.errors import (
     AlreadyExistsError,
@@ -30,7 +30,7 @@ from cairn.errors import (
 )
 from tests.backend.contract import BackendContract, listing, new_id
 from tests.backend.http_faults import break_next_large_send
-from tests.backend.radosgw import S3Server, free_port, radosgw_s3  # noqa: F401 - fixture
+from tests.backend.radosgw import S3Server, free_port
 from tests.backend.repo_copy import download_repo, upload_repo
 from tests.conftest import FIXTURE_PASSWORD, run_restic
 
@@ -194,19 +194,21 @@ def test_storage_class_applies(moto: S3Server) -> None:
 
 def test_create_makes_the_bucket(s3_env: S3Server) -> None:
     bucket = f"cairn-new-{uuid.uuid4().hex[:8]}"
-    b = open_backend(f"s3:{s3_env.endpoint}/{bucket}/repo")
+    b = open_backend(f"s3:{s3_env.endpoint}/{bucket}/repo", retries=None)
     b.create()
     b.save(Handle(FileType.CONFIG), b"cfg")
     with pytest.raises(AlreadyExistsError):
         b.create()
-    again = open_backend(f"s3:{s3_env.endpoint}/{bucket}/other")
+    again = open_backend(f"s3:{s3_env.endpoint}/{bucket}/other", retries=None)
     again.create()  # the bucket exists already: fine
     b.close()
     again.close()
 
 
 def test_missing_bucket_is_a_clear_error(s3_env: S3Server) -> None:
-    b = open_backend(f"s3:{s3_env.endpoint}/cairn-no-such-bucket-{uuid.uuid4().hex[:6]}/r")
+    b = open_backend(
+        f"s3:{s3_env.endpoint}/cairn-no-such-bucket-{uuid.uuid4().hex[:6]}/r", retries=None
+    )
     with pytest.raises(BackendError, match="bucket .* does not exist") as info:
         b.stat(Handle(FileType.CONFIG))
     assert not isinstance(info.value, NotFoundError)
@@ -221,14 +223,14 @@ def test_wrong_credentials(
     s3_env: S3Server, rgw_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
-    b = open_backend(f"s3:{s3_env.endpoint}/{rgw_bucket}/r")
+    b = open_backend(f"s3:{s3_env.endpoint}/{rgw_bucket}/r", retries=None)
     with pytest.raises(AuthenticationError):
         b.stat(Handle(FileType.CONFIG))
     with pytest.raises(AuthenticationError):
         list(b.list(FileType.KEY))
     b.close()
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "NOSUCHKEY")
-    b = open_backend(f"s3:{s3_env.endpoint}/{rgw_bucket}/r")
+    b = open_backend(f"s3:{s3_env.endpoint}/{rgw_bucket}/r", retries=None)
     with pytest.raises(AuthenticationError):
         b.save(Handle(FileType.KEY, new_id()), b"k")
     b.close()
@@ -237,7 +239,7 @@ def test_wrong_credentials(
 def test_unreachable_endpoint_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
-    b = open_backend(f"s3:http://127.0.0.1:{free_port()}/bucket/r")
+    b = open_backend(f"s3:http://127.0.0.1:{free_port()}/bucket/r", retries=None)
     start = time.monotonic()
     with pytest.raises(BackendError, match="cannot connect") as info:
         b.stat(Handle(FileType.CONFIG))
@@ -252,7 +254,7 @@ def test_restic_checks_what_cairn_uploaded(
     s3_env: S3Server, rgw_bucket: str, fixture_repo: Callable[[str], Path], tmp_path: Path
 ) -> None:
     url = f"s3:{s3_env.endpoint}/{rgw_bucket}/restic-reads-{next(_counter)}"
-    b = open_backend(url)
+    b = open_backend(url, retries=None)
     assert upload_repo(fixture_repo("v2"), b) > 10
     b.close()
     env = {"RESTIC_CACHE_DIR": str(tmp_path / "cache")}
@@ -269,7 +271,7 @@ def test_cairn_reads_what_restic_wrote(s3_env: S3Server, rgw_bucket: str, tmp_pa
     env = {"RESTIC_CACHE_DIR": str(tmp_path / "cache")}
     run_restic(url, "init", env=env)
     run_restic(url, "backup", str(src), env=env)
-    b = open_backend(url)
+    b = open_backend(url, retries=None)
     assert len(listing(b, FileType.SNAPSHOT)) == 1
     assert download_repo(b, tmp_path / "copy") > 5
     b.close()

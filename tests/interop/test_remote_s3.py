@@ -14,7 +14,7 @@ import boto3
 import botocore.exceptions
 import pytest
 
-from tests.backend.radosgw import S3Server, free_port, radosgw_s3  # noqa: F401 - fixture
+from tests.backend.radosgw import S3Server, free_port
 from tests.cli.conftest import run_cairn
 from tests.conftest import run_restic
 from tests.interop.remote_common import Restic, restic_created, round_trip, timed_failure

@@ -25,9 +25,8 @@ _SCHEMES = {
     "rclone": "cairn.backend.rclone",
 }
 
-#: Schemes wrapped in retries. rest, s3 and rclone join once their own tests ask for the
-#: bare backend (``retries=None``) where they test how it fails.
-_RETRIED = frozenset({"sftp"})
+#: Schemes wrapped in retries (tests of a bare backend pass ``retries=None``).
+_RETRIED = frozenset({"sftp", "rest", "s3", "rclone"})
 
 
 def split_scheme(url: str) -> tuple[str, str]:

@@ -170,6 +170,11 @@ class RetryBackend(Backend):
     def stat(self, handle: Handle) -> int:
         return self._call(f"stat {handle}", lambda _: self.inner.stat(handle))
 
+    def exists(self, handle: Handle) -> bool:
+        # Delegate: a backend may answer this more cheaply or differently than stat (S3:
+        # a missing bucket means "no such file" here, but is an error for stat).
+        return self._call(f"stat {handle}", lambda _: self.inner.exists(handle))
+
     def remove(self, handle: Handle) -> None:
         def attempt(n: int) -> None:
             try:
