@@ -74,7 +74,7 @@ def restore(
     paths: Sequence[str] = (),
     tags: Sequence[str] = (),
     lock: bool = True,
-    workers: int = 4,
+    workers: int | None = None,
 ) -> RestoreResult:
     """Restore ``snapshot_ref`` (``latest``, an ID or prefix, optionally ``:subpath``) into
     ``target``. Per-file failures are in ``errors`` (``raise_for_errors`` for the exit
@@ -90,7 +90,7 @@ def restore(
             sparse=sparse,
             verify=verify,
             progress=progress,
-            workers=workers,
+            workers=_workers(repo, workers),
         )
     return RestoreResult(**vars(report), snapshot_id=sid, subpath=sub, target=target)
 
@@ -107,7 +107,7 @@ def verify_restored(
     paths: Sequence[str] = (),
     tags: Sequence[str] = (),
     lock: bool = True,
-    workers: int = 4,
+    workers: int | None = None,
 ) -> RestoreResult:
     """Re-check an earlier restore of ``snapshot_ref`` in ``target`` against the snapshot
     (file contents by chunk hash, sizes) without writing anything."""
@@ -120,6 +120,14 @@ def verify_restored(
             include=include,
             exclude=exclude,
             progress=progress,
-            workers=workers,
+            workers=_workers(repo, workers),
         )
     return RestoreResult(**vars(report), snapshot_id=sid, subpath=sub, target=target)
+
+
+def _workers(repo: Repository, workers: int | None) -> int:
+    """One pack reader per backend connection (as restic sizes it), at least two so both
+    cores decrypt and decompress: more only adds memory on a local disk."""
+    if workers is not None:
+        return workers
+    return max(2, int(getattr(repo.backend, "connections", 2) or 2))
