@@ -108,6 +108,20 @@ class Backend(ABC):
     def remove(self, handle: Handle) -> None:
         """Delete a file. NotFoundError when it does not exist."""
 
+    def _check_range(self, handle: Handle, offset: int, length: int | None) -> bool:
+        """Validate a load's range for backends that speak HTTP ranges; True when the range
+        is empty (no Range header can say that), after checking the offset is in the file."""
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError("offset and length must not be negative")
+        if length != 0:
+            return False
+        size = self.stat(handle)
+        if offset > size:
+            from cairn.errors import BackendError
+
+            raise BackendError(f"{handle}: offset {offset} is beyond the end ({size} bytes)")
+        return True
+
     def exists(self, handle: Handle) -> bool:
         """True when the file exists."""
         from cairn.errors import NotFoundError

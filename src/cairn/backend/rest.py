@@ -164,13 +164,7 @@ class RestBackend(Backend):
         raise self._fail(resp, f"save {handle}")
 
     def load(self, handle: Handle, offset: int = 0, length: int | None = None) -> bytes:
-        if offset < 0 or (length is not None and length < 0):
-            raise ValueError("offset and length must not be negative")
-        if length == 0:
-            # An empty range cannot be expressed in a Range header; check the offset instead.
-            size = self.stat(handle)
-            if offset > size:
-                raise BackendError(f"{handle}: offset {offset} is beyond the end ({size} bytes)")
+        if self._check_range(handle, offset, length):
             return b""
         headers = {}
         if offset or length is not None:

@@ -387,12 +387,7 @@ class S3Backend(Backend):
         self._answered()
 
     def load(self, handle: Handle, offset: int = 0, length: int | None = None) -> bytes:
-        if offset < 0 or (length is not None and length < 0):
-            raise ValueError("offset and length must not be negative")
-        if length == 0:
-            size = self.stat(handle)
-            if offset > size:
-                raise BackendError(f"{handle}: offset {offset} is beyond the end ({size} bytes)")
+        if self._check_range(handle, offset, length):
             return b""
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(handle)}
         if offset or length is not None:
