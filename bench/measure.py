@@ -1,0 +1,125 @@
+"""Running one timed command: wall time, CPU time and peak RSS from ``/usr/bin/time -v``,
+plus the load average before and after (other people share the machine), and dropping
+the page cache for cold-cache steps."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+TIME = "/usr/bin/time"
+
+
+@dataclass
+class Sample:
+    """One measured command."""
+
+    wall: float
+    user: float
+    sys: float
+    maxrss_kib: int
+    rc: int
+    load_start: float
+    load_end: float
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.sys
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "cpu": self.cpu}
+
+
+class CommandFailed(RuntimeError):
+    pass
+
+
+def loadavg() -> float:
+    """The 1-minute load average."""
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def _parse_elapsed(text: str) -> float:
+    # "h:mm:ss" or "m:ss.ss"
+    parts = [float(p) for p in text.split(":")]
+    secs = 0.0
+    for p in parts:
+        secs = secs * 60 + p
+    return secs
+
+
+def run(
+    cmd: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+    log: Path | None = None,
+    timeout: float = 3600,
+    check: bool = True,
+) -> Sample:
+    """Run ``cmd`` under ``/usr/bin/time -v``; its output is appended to ``log``."""
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        report = os.path.join(tmp, "time")
+        out: IO[bytes] | int = subprocess.DEVNULL
+        if log is not None:
+            out = stack.enter_context(open(log, "ab"))
+            out.write(f"\n$ {' '.join(cmd)}\n".encode())
+            out.flush()
+        load_start = loadavg()
+        t0 = time.monotonic()
+        proc = subprocess.run(
+            [TIME, "-v", "-o", report, *cmd],
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            timeout=timeout,
+        )
+        wall = time.monotonic() - t0
+        load_end = loadavg()
+        fields: dict[str, str] = {}
+        with open(report) as f:
+            for line in f:
+                key, sep, value = line.strip().rpartition(": ")
+                if sep:
+                    fields[key] = value
+    elapsed = fields.get("Elapsed (wall clock) time (h:mm:ss or m:ss)")
+    sample = Sample(
+        # Our own clock: /usr/bin/time rounds to 10 ms.
+        wall=wall if wall > 0 else _parse_elapsed(elapsed or "0"),
+        user=float(fields.get("User time (seconds)", "nan")),
+        sys=float(fields.get("System time (seconds)", "nan")),
+        maxrss_kib=int(fields.get("Maximum resident set size (kbytes)", "0")),
+        rc=proc.returncode,
+        load_start=load_start,
+        load_end=load_end,
+    )
+    if check and proc.returncode != 0:
+        raise CommandFailed(f"{' '.join(cmd)} exited with {proc.returncode} (see {log})")
+    return sample
+
+
+def can_drop_caches() -> bool:
+    """True if this process may write /proc/sys/vm/drop_caches (root, not in a locked
+    container)."""
+    try:
+        drop_caches()
+        return True
+    except OSError:
+        return False
+
+
+def drop_caches() -> None:
+    """Write dirty pages back, then drop the page cache, dentries and inodes."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
