@@ -10,7 +10,7 @@ import click
 from cairn import __version__
 from cairn.cli.context import GlobalOptions, ask_new_password, read_password_file
 from cairn.cli.output import print_json, table
-from cairn.errors import UsageError
+from cairn.errors import AppendOnlyError, UsageError
 from cairn.repo.keys import list_keys
 from cairn.repo.repository import Repository
 
@@ -145,7 +145,14 @@ def key_passwd(g: GlobalOptions, new_password_file: str | None) -> None:
     with repo.lock(exclusive=True):
         name = repo.add_key(new)
         if repo.key_name:
-            repo.backend.remove(Handle(FileType.KEY, repo.key_name))
+            try:
+                repo.backend.remove(Handle(FileType.KEY, repo.key_name))
+            except AppendOnlyError as e:
+                raise AppendOnlyError(
+                    f"saved new key {name[:8]}: the new password works, but the server is "
+                    f"append-only and kept the old key {repo.key_name[:8]}, so the old "
+                    "password still opens the repository too"
+                ) from e
     click.echo(f"saved new key as {name}")
 
 
