@@ -514,12 +514,21 @@ class SFTPBackend(Backend):
                 missing.append(p)
                 p = posixpath.dirname(p)
         for d in reversed(missing):
+            SFTPBackend._mkdir_exist_ok(sftp, d, mode)
+
+    @staticmethod
+    def _mkdir_exist_ok(sftp: paramiko.SFTPClient, path: str, mode: int = 0o700) -> None:
+        """``mkdir`` that accepts a directory a concurrent writer created meanwhile, and
+        otherwise reports why mkdir failed (permission denied), not why the check did."""
+        try:
+            sftp.mkdir(path, mode)
+        except OSError as e:
             try:
-                sftp.mkdir(d, mode)
+                is_dir = stat_mod.S_ISDIR(sftp.stat(path).st_mode or 0)
             except OSError:
-                # a concurrent writer may have created it
-                if not stat_mod.S_ISDIR(sftp.stat(d).st_mode or 0):
-                    raise
+                is_dir = False
+            if not is_dir:
+                raise e from None
 
     # -- Backend --
 
@@ -540,18 +549,16 @@ class SFTPBackend(Backend):
         try:
             self._run("create", prepare)
         except OSError as e:
-            raise BackendError(f"cannot create repository at {self.location}: {e}") from e
+            raise BackendError(
+                f"cannot create repository at {self.location}: {e.strerror or e}"
+            ) from e
         data = posixpath.join(self.root, "data")
         shards = [posixpath.join(data, f"{i:02x}") for i in range(256)]
 
         def make_shards(part: list[str]) -> None:
             def mk(sftp: paramiko.SFTPClient) -> None:
                 for d in part:
-                    try:
-                        sftp.mkdir(d, 0o700)
-                    except OSError:
-                        if not stat_mod.S_ISDIR(sftp.stat(d).st_mode or 0):
-                            raise
+                    self._mkdir_exist_ok(sftp, d)
 
             self._run("create", mk)
 
@@ -561,7 +568,9 @@ class SFTPBackend(Backend):
             with ThreadPoolExecutor(n) as pool:
                 list(pool.map(make_shards, [shards[i::n] for i in range(n)]))
         except OSError as e:
-            raise BackendError(f"cannot create repository at {self.location}: {e}") from e
+            raise BackendError(
+                f"cannot create repository at {self.location}: {e.strerror or e}"
+            ) from e
 
     def save(self, handle: Handle, data: bytes | bytearray | memoryview) -> None:
         final = self._path(handle)
