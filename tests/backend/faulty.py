@@ -36,6 +36,7 @@ class FaultyBackend(Backend):
         self.inner = inner
         self.location = f"faulty({inner.location})"
         self.connections = inner.connections
+        self.read_span = inner.read_span
         self.fail_rate = fail_rate
         self.stall_rate = stall_rate
         self.stall_seconds = stall_seconds

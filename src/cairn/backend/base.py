@@ -77,6 +77,10 @@ class Backend(ABC):
     #: How many requests the caller may usefully run at once.
     connections: int = 2
 
+    #: Largest range worth reading in one request when several blobs of a pack are
+    #: wanted: big for remote stores, where each request costs a round trip.
+    read_span: int = 32 << 20
+
     @abstractmethod
     def create(self) -> None:
         """Prepare an empty repository location (directories, bucket, ...).

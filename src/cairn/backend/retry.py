@@ -101,6 +101,7 @@ class RetryBackend(Backend):
         self.inner = inner
         self.location = inner.location
         self.connections = inner.connections
+        self.read_span = inner.read_span
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay

@@ -245,6 +245,7 @@ class CachedBackend(Backend):
         self.key = key
         self.location = backend.location
         self.connections = backend.connections
+        self.read_span = backend.read_span
         self._fetching: dict[str, threading.Event] = {}
         self._fetch_lock = threading.Lock()
         # Packs whose remote bytes do not match their name: read them by range, uncached.

@@ -53,8 +53,6 @@ __all__ = ["Config", "KdfParams", "OrphanPacks", "Repository"]
 COMPRESSION_MODES = ("auto", "off", "max", "fastest", "better")
 #: Gaps up to this size between wanted blobs are read and discarded (one request is cheaper).
 _READ_GAP = 256 * 1024
-#: At most this much of a pack is read at once: restore workers each hold one span.
-_READ_SPAN = 8 * 1024 * 1024
 
 _CONFIG = Handle(FileType.CONFIG)
 
@@ -308,7 +306,7 @@ class Repository:
         """Read several blobs of one pack with few ranged reads, in offset order. A damaged
         or unreadable blob is yielded with its error instead of raising."""
         handle = Handle(FileType.PACK, pack_id.hex())
-        for group in coalesce(blobs, _READ_GAP, _READ_SPAN):
+        for group in coalesce(blobs, _READ_GAP, self.backend.read_span):
             start = group[0].offset
             end = max(b.offset + b.length for b in group)
             try:
