@@ -64,8 +64,15 @@ def run(
     log: Path | None = None,
     timeout: float = 3600,
     check: bool = True,
+    settle: bool = True,
 ) -> Sample:
-    """Run ``cmd`` under ``/usr/bin/time -v``; its output is appended to ``log``."""
+    """Run ``cmd`` under ``/usr/bin/time -v``; its output is appended to ``log``.
+
+    With ``settle`` (the default) the disk is quiet first: dirty pages that an earlier
+    step left behind (a 500 MiB restore ends long before the kernel has written it)
+    would otherwise be written back during this step and bill it for them."""
+    if settle:
+        settle_writeback()
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         report = os.path.join(tmp, "time")
         out: IO[bytes] | int = subprocess.DEVNULL
@@ -106,6 +113,27 @@ def run(
     if check and proc.returncode != 0:
         raise CommandFailed(f"{' '.join(cmd)} exited with {proc.returncode} (see {log})")
     return sample
+
+
+def _dirty_kib() -> int:
+    """Dirty plus under-writeback page cache, in KiB, from /proc/meminfo."""
+    total = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("Dirty", "Writeback"):
+                total += int(rest.split()[0])
+    return total
+
+
+def settle_writeback(limit_kib: int = 8192, timeout: float = 120.0) -> float:
+    """Write every dirty page back and wait until the kernel reports the disk idle
+    (under ``limit_kib`` dirty or in flight); returns the seconds it took."""
+    t0 = time.monotonic()
+    os.sync()
+    while _dirty_kib() > limit_kib and time.monotonic() - t0 < timeout:
+        time.sleep(0.05)
+    return time.monotonic() - t0
 
 
 def can_drop_caches() -> bool:

@@ -119,6 +119,7 @@ def restore_tree(
         tracker,
         sparse=sparse,
         workers=workers,
+        metadata=True,
     )
     writer.run()
     report.warnings.extend(writer.warnings)
@@ -130,10 +131,8 @@ def restore_tree(
 
     _link_hardlinks(root, plan, failed)
 
+    # The writer set each file's metadata as its content completed.
     tracker.set_phase("metadata")
-    for f in plan.files:
-        if f.path not in failed and f.link_to is None:
-            report.warnings.extend(apply_metadata(_join(root, f.path), f.node))
     for rel, node in plan.others:
         if rel not in failed:
             report.warnings.extend(apply_metadata(_join(root, rel), node))

@@ -27,7 +27,7 @@ from cairn.errors import CairnError
 from cairn.repo.ids import BlobType
 from cairn.repo.index import PackedBlob
 from cairn.repo.node import Node
-from cairn.restorer.metadata import remove_existing
+from cairn.restorer.metadata import apply_metadata, remove_existing
 from cairn.restorer.progress import ProgressTracker
 
 if TYPE_CHECKING:
@@ -85,8 +85,9 @@ def write_blob(fd: int, data: bytes, offset: int, sparse: bool) -> None:
         _pwrite_all(fd, view[run_start:], offset + run_start)
 
 
-def create_file(path: bytes, size: int) -> None:
-    """Create (or replace) ``path`` as an empty regular file of ``size`` bytes (a hole)."""
+def create_file(path: bytes, size: int) -> int:
+    """Create (or replace) ``path`` as a regular file of ``size`` bytes (a hole); returns
+    a descriptor open for writing."""
     try:
         fd = os.open(path, _OPEN_FLAGS, 0o600)
     except FileExistsError:
@@ -95,8 +96,14 @@ def create_file(path: bytes, size: int) -> None:
     try:
         if size:
             os.ftruncate(fd, size)
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
+
+
+#: A file's state in ContentWriter: not yet on disk, being created, created (or failed).
+_NEW, _CREATING, _READY = 0, 1, 2
 
 
 class ContentWriter:
@@ -111,6 +118,7 @@ class ContentWriter:
         *,
         sparse: bool = True,
         workers: int = 4,
+        metadata: bool = False,
     ) -> None:
         self.repo = repo
         self.paths = paths
@@ -118,6 +126,9 @@ class ContentWriter:
         self.tracker = tracker
         self.sparse = sparse
         self.workers = max(1, workers)
+        #: Apply each file's metadata as soon as its content is complete, in the thread
+        #: that completed it (spreads the chmod/chown/utime calls over the workers).
+        self.metadata = metadata
         #: file number -> first error message
         self.failed: dict[int, str] = {}
         #: files whose size in the tree differs from their content
@@ -125,6 +136,8 @@ class ContentWriter:
         self._remaining = [0] * len(paths)
         self._sizes: list[int] = []
         self._lock = threading.Lock()
+        self._created = threading.Condition(self._lock)
+        self._state = [_NEW] * len(paths)
 
     # --- bookkeeping ------------------------------------------------------------
 
@@ -133,13 +146,47 @@ class ContentWriter:
             self.failed.setdefault(file, message)
 
     def _done_uses(self, counts: dict[int, int], nbytes: int) -> None:
-        finished = 0
+        finished: list[int] = []
         with self._lock:
             for f, c in counts.items():
                 self._remaining[f] -= c
                 if self._remaining[f] == 0:
-                    finished += 1
-        self.tracker.add(files=finished, nbytes=nbytes)
+                    finished.append(f)
+        for f in finished:
+            self._finish(f)
+        self.tracker.add(files=len(finished), nbytes=nbytes)
+
+    def _finish(self, f: int) -> None:
+        """File ``f`` has all its content: set its metadata (when asked to)."""
+        if not self.metadata or f in self.failed:
+            return
+        warnings = apply_metadata(self.paths[f], self.nodes[f])
+        if warnings:
+            with self._lock:
+                self.warnings.extend(warnings)
+
+    def _open(self, f: int) -> int | None:
+        """A descriptor for writing file ``f``; the first caller creates the file at its
+        final size, later ones wait for that and open it. None once creation failed."""
+        with self._lock:
+            while self._state[f] == _CREATING:
+                self._created.wait()
+            create = self._state[f] == _NEW
+            if create:
+                self._state[f] = _CREATING
+        if not create:
+            if f in self.failed:
+                return None
+            return os.open(self.paths[f], _REWRITE_FLAGS)
+        try:
+            return create_file(self.paths[f], self._sizes[f])
+        except OSError as e:
+            self._fail(f, f"{os.fsdecode(self.paths[f])}: cannot create: {e.strerror}")
+            return None
+        finally:
+            with self._lock:
+                self._state[f] = _READY
+                self._created.notify_all()
 
     # --- planning ---------------------------------------------------------------
 
@@ -180,19 +227,15 @@ class ContentWriter:
     # --- running ----------------------------------------------------------------
 
     def run(self) -> None:
-        """Create every file, then fill them pack by pack with worker threads."""
+        """Fill the files pack by pack with worker threads. A file is created when its
+        first blob arrives (so creating 100k files does not hold the workers back); files
+        without blobs to write are created by this thread meanwhile."""
         work = self._group()
-        empty = 0
-        for f, path in enumerate(self.paths):
-            try:
-                create_file(path, self._sizes[f])
-            except OSError as e:
-                self._fail(f, f"{os.fsdecode(path)}: cannot create: {e.strerror}")
-            if f in self.failed or self._remaining[f] == 0:
-                self._remaining[f] = 0
-                empty += 1
-        # files without blobs to write, and the zero chunks skipped, are done right away
-        self.tracker.add(files=empty, nbytes=self._zero_bytes(work))
+        # Files that already failed (a blob missing from the index) are never written:
+        # they and the files without blobs are this thread's to create.
+        idle = [f for f in range(len(self.paths)) if f in self.failed or not self._remaining[f]]
+        for f in idle:
+            self._remaining[f] = 0
         jobs: queue.SimpleQueue[_PackWork | None] = queue.SimpleQueue()
         for w in work:
             jobs.put(w)
@@ -204,6 +247,13 @@ class ContentWriter:
             jobs.put(None)
         for t in threads:
             t.start()
+        for f in idle:
+            fd = self._open(f)
+            if fd is not None:
+                os.close(fd)
+                self._finish(f)
+        # files without blobs to write, and the zero chunks skipped, are done right away
+        self.tracker.add(files=len(idle), nbytes=self._zero_bytes(work))
         for t in threads:
             t.join()
 
@@ -251,7 +301,10 @@ class ContentWriter:
                     try:
                         fd = fds.get(u.file)
                         if fd is None:
-                            fd = fds[u.file] = os.open(self.paths[u.file], _REWRITE_FLAGS)
+                            fd = self._open(u.file)
+                            if fd is None:
+                                continue
+                            fds[u.file] = fd
                         write_blob(fd, data, u.offset, self.sparse)
                     except OSError as e:
                         path = os.fsdecode(self.paths[u.file])
