@@ -378,6 +378,17 @@ class Archiver:
             if not stat.S_ISREG(before.st_mode):
                 self._warn(f"{spath}: changed type during backup, skipped")
                 return False
+            if before.st_size < self.chunker.min_size:
+                whole = _read_small(fd, before.st_size, self.chunker.min_size)
+                if whole is not None:
+                    # Shorter than the minimum chunk: the file is one chunk. Hash, compress
+                    # and encrypt it in this thread: for a small file, handing the chunk to
+                    # a blob worker and waiting for it cost more than the work itself.
+                    size = len(whole)
+                    self.progress.bytes_done += size
+                    node.content = [self._store_blob(whole)] if size else []
+                    return self._stored(node, spath, size, before, os.fstat(fd), key)
+                os.lseek(fd, 0, os.SEEK_SET)  # it grew past one chunk: the general path
             with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
                 for chunk in self.chunker.chunks(f):
                     if self._fatal is not None or self.interrupted.is_set():
@@ -396,37 +407,52 @@ class Archiver:
         finally:
             os.close(fd)
         node.content = [fut.result() for fut in futures]
+        return self._stored(node, spath, size, before, after, key)
+
+    def _stored(
+        self,
+        node: Node,
+        spath: str,
+        size: int,
+        before: os.stat_result,
+        after: os.stat_result,
+        key: tuple[int, int],
+    ) -> bool:
+        """Bookkeeping once a file's content is stored; warns if it changed meanwhile."""
         if size != node.size or after.st_mtime_ns != before.st_mtime_ns:
             self._warn(f"{spath}: file changed during backup")
         node.size = size  # the content is what was read; keep size consistent with it
         with self._stats_lock:
             self.stats.bytes_read += size
             if node.links > 1:
-                self._hardlinks[key] = (node.content, size)
+                self._hardlinks[key] = (node.content or [], size)
         return True
 
     def _save_chunk(self, data: bytes) -> bytes:
+        """A blob worker's job: store one chunk, then free its share of the byte budget."""
         try:
-            bid = blob_id(data)
-            if self.dry_run:
-                with self._stats_lock:
-                    new = bid not in self._dry_run_ids and not self.repo.index.has(
-                        BlobType.DATA, bid
-                    )
-                    if new:
-                        self._dry_run_ids.add(bid)
-                        self.stats.data_blobs += 1
-                        self.stats.data_added += len(data)
-                return bid
-            _, added, stored = self.repo.save_blob(BlobType.DATA, data, bid)
-            if added:
-                with self._stats_lock:
-                    self.stats.data_blobs += 1
-                    self.stats.data_added += len(data)
-                    self.stats.data_added_packed += stored
-            return bid
+            return self._store_blob(data)
         finally:
             self._budget.release(len(data))
+
+    def _store_blob(self, data: bytes) -> bytes:
+        """Hash, and store unless known: the data blob's ID."""
+        bid = blob_id(data)
+        if self.dry_run:
+            with self._stats_lock:
+                new = bid not in self._dry_run_ids and not self.repo.index.has(BlobType.DATA, bid)
+                if new:
+                    self._dry_run_ids.add(bid)
+                    self.stats.data_blobs += 1
+                    self.stats.data_added += len(data)
+            return bid
+        _, added, stored = self.repo.save_blob(BlobType.DATA, data, bid)
+        if added:
+            with self._stats_lock:
+                self.stats.data_blobs += 1
+                self.stats.data_added += len(data)
+                self.stats.data_added_packed += stored
+        return bid
 
     # -- trees ----------------------------------------------------------------
 
@@ -505,6 +531,28 @@ def _subtree(node: Node | None) -> bytes | None:
     if node is None or node.type != "dir":
         return None
     return node.subtree
+
+
+def _read_small(fd: int, expected: int, limit: int) -> bytes | None:
+    """The whole file if it ends within ``limit`` bytes, else None (it is longer).
+
+    A read that returns exactly the ``expected`` size that fstat reported is taken as the
+    end of the file (a file that grew since would have returned more), which saves a
+    second read, and a GIL hand-off, per small file."""
+    data = os.read(fd, limit + 1)
+    if len(data) > limit:
+        return None
+    if len(data) == expected:
+        return data
+    parts = [data]
+    total = len(data)
+    while data:  # a short read (network filesystems): read on to the end
+        data = os.read(fd, limit + 1 - total)
+        total += len(data)
+        if total > limit:
+            return None
+        parts.append(data)
+    return b"".join(parts)
 
 
 def _open_regular(path: bytes) -> int:
