@@ -145,3 +145,29 @@ def test_verbose_lists_new_modified_and_unchanged_files(tmp_path: Path) -> None:
         ("unchanged", f"{src}/a.txt"),
         ("unchanged", f"{src}/b.txt"),
     }
+
+
+def test_pack_size_option_and_environment(tmp_path: Path) -> None:
+    """--pack-size (and $CAIRN_PACK_SIZE) bound new packs; restic checks and restores."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rand = __import__("random").Random(7)
+    for i in range(6):  # 18 MiB of incompressible data in ~1 MiB chunks
+        (src / f"f{i}.bin").write_bytes(rand.randbytes(3 << 20))
+    repo = tmp_path / "repo"
+    run_cairn("init", repo=repo)
+    run_cairn("--pack-size", "4", "backup", str(src), repo=repo)
+    sizes = [p.stat().st_size for p in (repo / "data").rglob("*") if p.is_file()]
+    # A pack is closed before a blob would take it past the target (one blob larger
+    # than the target would get a pack of its own).
+    assert len(sizes) >= 5 and max(sizes) <= (4 << 20) + 4096
+    assert sum(1 for s in sizes if s >= 2 << 20) >= 4
+    run_restic(repo, "check", "--read-data")
+    out = tmp_path / "out"
+    run_cairn("restore", "latest", "--target", str(out), repo=repo)
+    assert describe(out / src.relative_to("/")) == describe(src)
+    # The environment sets the default; bad values are one clear line and exit 2.
+    bad = run_cairn("backup", str(src), repo=repo, env={"CAIRN_PACK_SIZE": "lots"}, expect=2)
+    assert b"PACK_SIZE" in bad.stderr and b"Traceback" not in bad.stderr
+    small = run_cairn("--pack-size", "2", "snapshots", repo=repo, expect=2)
+    assert b"--pack-size" in small.stderr

@@ -43,6 +43,8 @@ class GlobalOptions:
     no_lock: bool = False
     cache_dir: str | None = None
     no_cache: bool = False
+    #: Target pack size in MiB (restic 0.15's --pack-size); None: the environment or 16.
+    pack_size: int | None = None
     options: dict[str, str] = field(default_factory=dict)
 
     # -- repository location --------------------------------------------------
@@ -106,6 +108,7 @@ class GlobalOptions:
         ``--no-cache`` or ``cache=False`` (``check`` must read the repository itself)."""
         backend = self.backend()
         repo = Repository.open(backend, self.password(), key_hint=self.key_hint)
+        repo.pack_size = self.pack_size_mib() << 20
         if cache and not self.no_cache:
             try:
                 repo.use_cache(Cache.open(self.cache_root(), repo.config.id))
@@ -114,6 +117,21 @@ class GlobalOptions:
                 if not self.quiet:
                     sys.stderr.write(f"cairn: warning: {e}; continuing without a cache\n")
         return repo
+
+    def pack_size_mib(self) -> int:
+        """--pack-size, else $CAIRN_PACK_SIZE / $RESTIC_PACK_SIZE, else 16 (MiB)."""
+        if self.pack_size is not None:
+            return self.pack_size
+        raw = env("PACK_SIZE")
+        if not raw:
+            return 16
+        try:
+            mib = int(raw)
+        except ValueError:
+            raise UsageError(f"PACK_SIZE must be a whole number of MiB, not {raw!r}") from None
+        if not 4 <= mib <= 128:
+            raise UsageError(f"PACK_SIZE must be between 4 and 128 MiB, not {mib}")
+        return mib
 
     def cache_root(self) -> Path:
         """--cache-dir, else CAIRN_CACHE_DIR/RESTIC_CACHE_DIR, else the XDG default."""

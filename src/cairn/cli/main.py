@@ -51,6 +51,12 @@ def _parse_options(values: Sequence[str]) -> dict[str, str]:
 @click.option("--cache-dir", metavar="DIR", help="Where to keep the local metadata cache.")
 @click.option("--no-cache", is_flag=True, help="Do not use a local cache.")
 @click.option(
+    "--pack-size",
+    type=click.IntRange(4, 128),
+    metavar="MIB",
+    help="Target size of new pack files in MiB (4-128; default 16, or $CAIRN_PACK_SIZE).",
+)
+@click.option(
     "-o",
     "--option",
     "options",
@@ -73,6 +79,7 @@ def cli(
     no_lock: bool,
     cache_dir: str | None,
     no_cache: bool,
+    pack_size: int | None,
     options: tuple[str, ...],
 ) -> None:
     """cairn: encrypted, deduplicated backups you can restore.
@@ -92,6 +99,7 @@ def cli(
         no_lock=no_lock,
         cache_dir=cache_dir,
         no_cache=no_cache,
+        pack_size=pack_size,
         options=_parse_options(options),
     )
 

@@ -29,7 +29,7 @@ from cairn.repo.ids import BlobType
 INDEX_FILE_BLOBS = 50_000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PackedBlob:
     """One stored copy of a blob: pack, offset, stored length (incl. the 32 crypto bytes)
     and the plaintext length if compressed (0 = stored uncompressed)."""

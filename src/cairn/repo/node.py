@@ -25,7 +25,7 @@ MODE_PERM = 0o777
 NODE_TYPES = ("file", "dir", "symlink", "dev", "chardev", "fifo", "socket", "irregular")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class GoTime:
     """A timestamp as Go keeps it: Unix seconds, nanoseconds, and the zone offset that
     was in force (restic writes local time; the offset is needed to re-encode a tree to
@@ -50,13 +50,13 @@ class GoTime:
 ZERO_TIME = GoTime(-62135596800, 0, 0)  # 0001-01-01T00:00:00Z, Go's zero time
 
 
-@dataclass
+@dataclass(slots=True)
 class ExtendedAttribute:
     name: str
     value: bytes | None
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
     """One entry of a tree. ``name`` and ``linktarget`` are raw bytes (file names need not
     be UTF-8); IDs are raw 32-byte digests."""

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from cairn.repo.repository import Repository
 
 
-@dataclass
+@dataclass(slots=True)
 class FileEntry:
     """A regular file to restore. ``link_to`` is the index of an earlier entry when this
     name is a hard link of it (same ``device_id``/``inode``, ``links > 1``)."""

@@ -43,7 +43,7 @@ _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 _REWRITE_FLAGS = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Use:
     """One place a blob goes: file number and offset."""
 
@@ -51,7 +51,7 @@ class _Use:
     offset: int
 
 
-@dataclass
+@dataclass(slots=True)
 class _PackWork:
     pack_id: bytes
     blobs: list[PackedBlob]
