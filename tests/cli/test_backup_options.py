@@ -171,3 +171,40 @@ def test_pack_size_option_and_environment(tmp_path: Path) -> None:
     assert b"PACK_SIZE" in bad.stderr and b"Traceback" not in bad.stderr
     small = run_cairn("--pack-size", "2", "snapshots", repo=repo, expect=2)
     assert b"--pack-size" in small.stderr
+
+
+def test_metadata_only_changes_reach_the_next_snapshot(tmp_path: Path) -> None:
+    """An unchanged file keeps the parent's node only while every lstat field matches:
+    chmod, chown, a new xattr and a new hard link all change ctime, so (as with restic)
+    those files are read again, found deduplicated, and their new metadata recorded."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("mode", "owner", "xattr", "linked", "same"):
+        (src / name).write_bytes(name.encode() * 1000)
+    repo = tmp_path / "repo"
+    run_cairn("init", repo=repo)
+    run_cairn("backup", str(src), repo=repo)
+    (src / "mode").chmod(0o600)
+    os.chown(src / "owner", 1234, 5678)
+    try:
+        os.setxattr(src / "xattr", b"user.note", b"added later")
+        has_xattr = True
+    except OSError:
+        has_xattr = False  # a file system without user xattrs
+    os.link(src / "linked", tmp_path / "outside-link")
+    second = _summary(run_cairn("--json", "backup", str(src), repo=repo))
+    assert second["files_new"] == 0 and second["files_changed"] == 3 + has_xattr
+    assert second["files_unmodified"] == 2 - has_xattr and second["data_blobs"] == 0
+    out = tmp_path / "out"
+    run_cairn("restore", "latest", "--target", str(out), repo=repo)
+    got = describe(out / src.relative_to("/"))
+    (tmp_path / "outside-link").unlink()  # its other name is not in the snapshot
+    want = describe(src)
+    assert got == want
+    assert got[b"mode"]["perm"] == 0o600 and got[b"owner"]["owner"] == (1234, 5678)
+    if has_xattr:
+        assert os.getxattr(out / src.relative_to("/") / "xattr", b"user.note") == b"added later"
+    # and restic restores the same tree from that snapshot
+    by_restic = tmp_path / "by-restic"
+    run_restic(repo, "restore", "latest", "--target", str(by_restic))
+    assert describe(by_restic / src.relative_to("/")) == want

@@ -21,14 +21,14 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from cairn.archiver.fsmeta import node_from_stat
+from cairn.archiver.fsmeta import go_time, group_name, node_from_stat, user_name
 from cairn.archiver.scanner import Scanner
 from cairn.archiver.select import Selector
 from cairn.archiver.targets import Target, VirtualDir
 from cairn.chunker import Chunker
 from cairn.errors import CairnError, Interrupted
 from cairn.repo.ids import BlobType, blob_id
-from cairn.repo.node import Node
+from cairn.repo.node import Node, go_mode
 from cairn.repo.repository import Repository
 
 
@@ -109,6 +109,10 @@ class _DirJob:
 
 
 WarnFn = Callable[[str], None]
+#: A file for a reader: its directory's job, its node, its path, whether the parent had it.
+_FileJob = tuple[_DirJob, Node, bytes, bool]
+#: At most this many small files go to a reader thread at once.
+_BATCH_FILES = 16
 
 
 class Archiver:
@@ -265,6 +269,7 @@ class Archiver:
             self._warn(f"{os.fsdecode(path)}: {e.strerror}")
             return
         old = job.old_nodes = self._parent_nodes(parent_tree)
+        batch: list[_FileJob] = []
         for name, epath in entries:
             try:
                 st = os.lstat(epath)
@@ -273,10 +278,19 @@ class Archiver:
                 continue
             if self.selector.excluded(epath, st, target_dev):
                 continue
+            old_node = old.get(name)
+            if old_node is not None and self._reusable(old_node, st):
+                self._keep_unchanged(job, old_node, epath)
+                continue
             node, warning = node_from_stat(name, epath, st)
             if warning:
                 self._warn(f"{os.fsdecode(epath)}: {warning}")
-            self._add_entry(job, node, epath, st, old.get(name), target_dev, stack)
+            self._add_entry(job, node, epath, st, old_node, target_dev, stack, batch)
+            if len(batch) >= _BATCH_FILES:
+                self._submit(batch)
+                batch = []
+        if batch:
+            self._submit(batch)
 
     def _add_entry(
         self,
@@ -287,7 +301,10 @@ class Archiver:
         old_node: Node | None,
         target_dev: int,
         stack: list[tuple[_DirJob, VirtualDir | Target, bytes | None]],
+        batch: list[_FileJob] | None = None,
     ) -> None:
+        """Add one entry to ``job``; a file that must be read goes to a reader thread,
+        small ones collected in ``batch`` (when given) to go there together."""
         if node.type == "dir":
             sub = self._open_dir(job, node, old_node)
             stack.append((sub, Target(path, node.name), _subtree(old_node)))
@@ -296,25 +313,78 @@ class Archiver:
             with job.lock:
                 job.nodes.append(node)
             return
+        if old_node is not None and self._unchanged(node, old_node):
+            node.content = list(old_node.content or [])
+            self._keep_unchanged(job, node, path)
+            return
         with self._stats_lock:
             self.stats.total_files_processed += 1
             self.stats.total_bytes_processed += st.st_size
-        if old_node is not None and self._unchanged(node, old_node):
-            node.content = list(old_node.content or [])
-            with self._stats_lock:
-                self.stats.files_unmodified += 1
-            if self.on_file:
-                self.on_file("unchanged", path)
-            self.progress.files_done += 1
-            self.progress.bytes_done += node.size
-            with job.lock:
-                job.nodes.append(node)
-            return
         with job.lock:
             job.nodes.append(node)
             job.pending += 1
+        item = (job, node, path, old_node is not None)
+        if batch is not None and st.st_size < self.chunker.min_size:
+            batch.append(item)
+        else:
+            self._submit([item])
+
+    def _submit(self, batch: list[_FileJob]) -> None:
+        """Hand files to the readers: small files of one directory go in batches, since
+        waking a reader thread for each cost more than reading a small file."""
         self._files_in_flight.acquire()
-        self._readers.submit(self._read_file, job, node, path, old_node is not None)
+        self._readers.submit(self._read_batch, batch)
+
+    def _read_batch(self, batch: list[_FileJob]) -> None:
+        try:
+            for job, node, path, existed in batch:
+                self._read_file(job, node, path, existed)
+        finally:
+            self._files_in_flight.release()
+
+    def _keep_unchanged(self, job: _DirJob, node: Node, path: bytes) -> None:
+        """An unchanged file: ``node`` goes into the tree with the parent's content."""
+        with self._stats_lock:
+            self.stats.total_files_processed += 1
+            self.stats.total_bytes_processed += node.size
+            self.stats.files_unmodified += 1
+        if self.on_file:
+            self.on_file("unchanged", path)
+        self.progress.files_done += 1
+        self.progress.bytes_done += node.size
+        with job.lock:
+            job.nodes.append(node)
+
+    def _reusable(self, old: Node, st: os.stat_result) -> bool:
+        """Whether the parent snapshot's node of a regular file is exactly the node this
+        ``lstat`` would give, so it can be kept as it is: no new Node, no xattr listing.
+        Every field a node takes from lstat must match; the extended attributes cannot
+        have changed without changing ctime. Anything else takes the general path."""
+        if (
+            old.type != "file"
+            or old.size != st.st_size
+            or old.inode != st.st_ino
+            or old.device_id != st.st_dev
+            or old.links != st.st_nlink
+            or old.uid != st.st_uid
+            or old.gid != st.st_gid
+            or old.content is None
+            or old.generic_attributes is not None
+            or old.error
+            or old.linktarget
+            or old.device
+            or old.subtree is not None
+            or not stat.S_ISREG(st.st_mode)
+            or old.mode != go_mode(st.st_mode)
+            or old.mtime != go_time(st.st_mtime_ns)
+            or old.ctime != go_time(st.st_ctime_ns)
+            or old.atime != old.mtime
+            or old.user != user_name(st.st_uid)
+            or old.group != group_name(st.st_gid)
+        ):
+            return False
+        index = self.repo.index
+        return all(index.has(BlobType.DATA, b) for b in old.content)
 
     def _unchanged(self, node: Node, old: Node) -> bool:
         """restic 0.14's rule: same type, size, mtime, ctime and inode, and every content
@@ -349,7 +419,6 @@ class Archiver:
         except BaseException as e:  # noqa: BLE001 - handed to the walking thread
             self._fail(e)
         finally:
-            self._files_in_flight.release()
             if not ok:
                 with job.lock:
                     job.nodes = [n for n in job.nodes if n is not node]
@@ -522,6 +591,8 @@ def _same_nodes(nodes: list[Node], old: dict[bytes, Node] | None) -> bool:
         return False
     for n in nodes:
         o = old.get(n.name)
+        if o is n:  # a file kept as the parent had it
+            continue
         if o is None or o != n or type(o.linktarget) is not bytes:
             return False
     return True

@@ -42,6 +42,8 @@ class Key:
     def __post_init__(self) -> None:
         if len(self.encrypt) != 32 or len(self.mac_k) != 16 or len(self.mac_r) != 16:
             raise ValueError("invalid key sizes")
+        # Clamped once here rather than per MAC (a Python loop over 16 bytes per blob).
+        object.__setattr__(self, "_r", clamp_r(self.mac_r))
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Key:
@@ -69,7 +71,8 @@ class Key:
 
     def _mac(self, iv: bytes, ciphertext: bytes | memoryview) -> bytes:
         s: bytes = self._ecb().update(iv)  # type: ignore[attr-defined]
-        return Poly1305.generate_tag(clamp_r(self.mac_r) + s, ciphertext)
+        r: bytes = self._r  # type: ignore[attr-defined]
+        return Poly1305.generate_tag(r + s, ciphertext)
 
     def seal(self, plaintext: bytes | bytearray | memoryview) -> bytearray:
         """Encrypt and authenticate; returns IV || ciphertext || MAC."""

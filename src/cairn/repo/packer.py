@@ -30,6 +30,8 @@ from cairn.repo.index import INDEX_FILE_BLOBS, MasterIndex, PackedBlob, encode_i
 from cairn.repo.pack import COMPRESSED_ENTRY, MAX_HEADER, header_entry, seal_header
 
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
+#: Write buffer of a pack's temporary file.
+_WRITE_BUFFER = 1 << 20
 _MAX_BLOB = (1 << 32) - 1
 
 #: (type, id, offset, length, uncompressed_length), as MasterIndex.add_pack takes them.
@@ -206,8 +208,10 @@ class BlobSaver:
     def _take_file(self) -> BinaryIO:
         if self._free:
             return self._free.pop()
-        # Unnamed (O_TMPFILE where available): nothing to clean up after a crash.
-        return tempfile.TemporaryFile(prefix="cairn-pack-")
+        # Unnamed (O_TMPFILE where available): nothing to clean up after a crash. A 1 MiB
+        # buffer: small blobs (a few KiB sealed) would otherwise each cost a write call,
+        # made while holding the pack lock.
+        return tempfile.TemporaryFile(prefix="cairn-pack-", buffering=_WRITE_BUFFER)
 
     def _give_file(self, file: BinaryIO) -> None:
         try:
