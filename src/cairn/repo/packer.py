@@ -18,7 +18,7 @@ import queue
 import tempfile
 import threading
 from collections.abc import Sequence
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from cairn.backend.base import Backend, FileType, Handle
 from cairn.errors import CairnError
@@ -211,7 +211,8 @@ class BlobSaver:
         # Unnamed (O_TMPFILE where available): nothing to clean up after a crash. A 1 MiB
         # buffer: small blobs (a few KiB sealed) would otherwise each cost a write call,
         # made while holding the pack lock.
-        return tempfile.TemporaryFile(prefix="cairn-pack-", buffering=_WRITE_BUFFER)
+        file = tempfile.TemporaryFile("w+b", buffering=_WRITE_BUFFER, prefix="cairn-pack-")  # noqa: SIM115 - lives as long as the pack
+        return cast(BinaryIO, file)
 
     def _give_file(self, file: BinaryIO) -> None:
         try:
