@@ -1,4 +1,5 @@
-"""Build the one native part of cairn: restic's Rabin chunker (C, releases the GIL)."""
+"""Build cairn's two native parts (C, both release the GIL): restic's Rabin chunker, and
+scrypt's ROMix for one lane (so the lanes of a key derivation run on all cores)."""
 
 from setuptools import Extension, setup
 
@@ -8,6 +9,11 @@ setup(
             "cairn.chunker._rabin",
             sources=["src/cairn/chunker/_rabin.c"],
             extra_compile_args=["-O3", "-std=c11"],
-        )
+        ),
+        Extension(
+            "cairn.repo._scrypt",
+            sources=["src/cairn/repo/_scrypt.c"],
+            extra_compile_args=["-O3", "-std=c11"],
+        ),
     ]
 )

@@ -1,0 +1,37 @@
+"""scrypt (RFC 7914) with its p lanes on all cores.
+
+scrypt is PBKDF2-HMAC-SHA256 around p independent ROMix lanes. OpenSSL (through
+``cryptography``) and Go (restic) compute the lanes one after another; here the two PBKDF2
+steps come from OpenSSL (``hashlib``) and each lane's ROMix from the small C module
+``_scrypt`` (GIL released), so the lanes of one derivation run in parallel threads. The
+result is the same key from the same N, r, p: the work, and so the cost of guessing a
+password, is unchanged; opening a repository waits for p/cores lanes instead of p.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from cairn.repo._scrypt import romix
+
+#: Lanes computed at once. Each holds 128*r*N bytes (32 MiB at restic's N and r) while it
+#: runs, so a many-core machine must not run all p lanes at once.
+MAX_PARALLEL_LANES = 4
+
+
+def scrypt(password: bytes, salt: bytes, n: int, r: int, p: int, length: int = 64) -> bytes:
+    """scrypt(password, salt, N, r, p) of ``length`` bytes, lanes in parallel."""
+    threads = min(p, os.cpu_count() or 1, MAX_PARALLEL_LANES)
+    if threads < 2:
+        # Nothing to spread: OpenSSL's single-threaded scrypt is as fast.
+        return Scrypt(salt=salt, length=length, n=n, r=r, p=p).derive(password)
+    lane = 128 * r
+    blocks = hashlib.pbkdf2_hmac("sha256", password, salt, 1, p * lane)
+    with ThreadPoolExecutor(threads, thread_name_prefix="cairn-scrypt") as pool:
+        mixed = pool.map(lambda i: romix(blocks[i * lane : (i + 1) * lane], n, r), range(p))
+        joined = b"".join(mixed)
+    return hashlib.pbkdf2_hmac("sha256", password, joined, 1, length)
