@@ -44,6 +44,8 @@ def _rclone_config(rclone_conf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 class TestRclonePath(BackendContract):
     """``rclone:/some/path``: rclone's local file system without a configured remote."""
 
+    list_while_writing = False
+
     @pytest.fixture
     def backend(self, tmp_path: Path) -> Iterator[Backend]:
         b = open_backend(f"rclone:{tmp_path}/repo{next(_counter)}", retries=None)
@@ -64,6 +66,8 @@ class TestRclonePath(BackendContract):
 
 class TestRcloneRemote(BackendContract):
     """``rclone:store:path`` through a remote defined in an rclone.conf (RCLONE_CONFIG)."""
+
+    list_while_writing = False
 
     large_size = 24 * 1024 * 1024
 
