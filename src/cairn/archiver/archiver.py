@@ -504,21 +504,23 @@ class Archiver:
         finally:
             self._budget.release(len(data))
 
-    def _store_blob(self, data: bytes) -> bytes:
-        """Hash, and store unless known: the data blob's ID."""
+    def _store_blob(self, data: bytes, t: BlobType = BlobType.DATA) -> bytes:
+        """Hash, and store unless known (a dry run only counts): the blob's ID."""
         bid = blob_id(data)
         if self.dry_run:
             with self._stats_lock:
-                new = bid not in self._dry_run_ids and not self.repo.index.has(BlobType.DATA, bid)
-                if new:
-                    self._dry_run_ids.add(bid)
-                    self.stats.data_blobs += 1
-                    self.stats.data_added += len(data)
-            return bid
-        _, added, stored = self.repo.save_blob(BlobType.DATA, data, bid)
+                if bid in self._dry_run_ids or self.repo.index.has(t, bid):
+                    return bid
+                self._dry_run_ids.add(bid)
+            added, stored = True, 0
+        else:
+            _, added, stored = self.repo.save_blob(t, data, bid)
         if added:
             with self._stats_lock:
-                self.stats.data_blobs += 1
+                if t is BlobType.DATA:
+                    self.stats.data_blobs += 1
+                else:
+                    self.stats.tree_blobs += 1
                 self.stats.data_added += len(data)
                 self.stats.data_added_packed += stored
         return bid
@@ -561,21 +563,7 @@ class Archiver:
             # Nothing in this directory changed: its tree is the parent's. Skips encoding,
             # hashing and the index lookup, per directory of a no-change backup.
             return job.old_subtree
-        data = encode_tree(job.nodes)
-        bid = blob_id(data)
-        if self.dry_run:
-            with self._stats_lock:
-                if bid not in self._dry_run_ids and not self.repo.index.has(BlobType.TREE, bid):
-                    self._dry_run_ids.add(bid)
-                    self.stats.tree_blobs += 1
-            return bid
-        _, added, stored = self.repo.save_blob(BlobType.TREE, data, bid)
-        if added:
-            with self._stats_lock:
-                self.stats.tree_blobs += 1
-                self.stats.data_added += len(data)
-                self.stats.data_added_packed += stored
-        return bid
+        return self._store_blob(encode_tree(job.nodes), BlobType.TREE)
 
     def _fail(self, e: BaseException) -> None:
         if self._fatal is None:

@@ -6,6 +6,7 @@ Every failure becomes one line on standard error and a documented exit code (see
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
@@ -30,7 +31,41 @@ def _parse_options(values: Sequence[str]) -> dict[str, str]:
     return out
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+#: Each command and the module of ``cairn.cli`` that defines it. A module is imported only
+#: when its command runs, so a backup does not pay for restore's imports (and the other
+#: way round): start-up time is part of every no-change backup.
+COMMAND_MODULES = {
+    "init": "cmd_repo",
+    "version": "cmd_repo",
+    "key": "cmd_repo",
+    "unlock": "cmd_repo",
+    "backup": "cmd_backup",
+    "snapshots": "cmd_browse",
+    "ls": "cmd_browse",
+    "cat": "cmd_browse",
+    "restore": "cmd_restore",
+    "check": "cmd_restore",
+}
+
+
+class _LazyGroup(click.Group):
+    """A group whose sub-commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if module is None:
+            return None
+        commands = importlib.import_module(f"cairn.cli.{module}").COMMANDS
+        return next((c for c in commands if c.name == cmd_name), None)
+
+
+@click.group(
+    cls=_LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option(
     "-r",
     "--repo",
@@ -102,17 +137,6 @@ def cli(
         pack_size=pack_size,
         options=_parse_options(options),
     )
-
-
-def _register() -> None:
-    from cairn.cli import cmd_backup, cmd_browse, cmd_repo, cmd_restore
-
-    for module in (cmd_repo, cmd_backup, cmd_browse, cmd_restore):
-        for command in module.COMMANDS:
-            cli.add_command(command)
-
-
-_register()
 
 
 def _prepare_process() -> None:
