@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.cli.conftest import run_cairn
+from tests.cli.conftest import cairn_env, run_cairn
 from tests.treecompare import describe
 
 #: Runs restic against the repository under test with extra arguments.
@@ -120,3 +121,26 @@ def restic_created(
     run_cairn(*cairn_args, "backup", str(src), env=env)
     assert len(json.loads(restic("snapshots", "--json").stdout)) == 2
     assert b"no errors were found" in restic("check", "--read-data").stdout
+
+
+def landed_packs(repo: Path) -> int:
+    """Pack files in a repository directory, not counting uploads still in progress."""
+    return sum(1 for p in (repo / "data").rglob("*") if p.is_file() and "-temp-" not in p.name)
+
+
+def backup_in_background(
+    *global_args: str, src: Path, repo: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``cairn backup src`` and return once two packs have landed in ``repo`` (the
+    server's directory), the backup still running: the moment to take its server away."""
+    backup = subprocess.Popen(
+        [sys.executable, "-m", "cairn", *global_args, "--json", "backup", str(src)],
+        env=cairn_env(**(env or {})),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and landed_packs(repo) < 2 and backup.poll() is None:
+        time.sleep(0.01)
+    assert backup.poll() is None, "the backup finished before its server could be killed"
+    return backup

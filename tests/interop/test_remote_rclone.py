@@ -8,16 +8,16 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import cairn_env, run_cairn
+from tests.cli.conftest import run_cairn
 from tests.conftest import run_restic
 from tests.interop.remote_common import (
     Restic,
+    backup_in_background,
     make_source,
     one_error_line,
     restic_created,
@@ -114,18 +114,7 @@ def test_rclone_killed_mid_backup(tmp_path: Path) -> None:
     for i in range(10):
         (src / f"f{i}.bin").write_bytes(os.urandom(16 << 20))
     run_cairn("-r", url, "init", env=env)
-    backup = subprocess.Popen(
-        [sys.executable, "-m", "cairn", "-r", url, "--json", "backup", str(src)],
-        env=cairn_env(**env),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and backup.poll() is None:
-        if sum(1 for p in (repo / "data").rglob("*") if p.is_file()) >= 2:
-            break
-        time.sleep(0.01)
-    assert backup.poll() is None, "the backup finished before rclone could be killed"
+    backup = backup_in_background("-r", url, src=src, repo=repo, env=env)
     children = _children(backup.pid)
     assert len(children) == 1
     os.kill(children[0], signal.SIGKILL)

@@ -25,6 +25,7 @@ from tests.cli.conftest import cairn_env, run_cairn
 from tests.conftest import run_restic
 from tests.interop.remote_common import (
     Restic,
+    backup_in_background,
     make_source,
     one_error_line,
     restic_created,
@@ -228,10 +229,6 @@ def rest_server_on(root: Path, port: int) -> Iterator[str]:
         proc.wait()
 
 
-def _landed_packs(repo: Path) -> int:
-    return sum(1 for p in (repo / "data").rglob("*") if p.is_file())
-
-
 def test_server_killed_mid_backup_and_back_on_the_same_port(tmp_path: Path) -> None:
     root = tmp_path / "srv"
     root.mkdir()
@@ -246,16 +243,7 @@ def test_server_killed_mid_backup_and_back_on_the_same_port(tmp_path: Path) -> N
     with rest_server_on(root, port):
         run_cairn("-r", url, "init", env=env)
     with rest_server_on(root, port):
-        backup = subprocess.Popen(
-            [sys.executable, "-m", "cairn", "-r", url, "--json", "backup", str(src)],
-            env=cairn_env(**env),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and _landed_packs(repo) < 2 and backup.poll() is None:
-            time.sleep(0.01)
-        assert backup.poll() is None, "the backup finished before the server could be killed"
+        backup = backup_in_background("-r", url, src=src, repo=repo, env=env)
     # (the server is gone: SIGKILL, no goodbye)
     killed = time.monotonic()
     with suppress(subprocess.TimeoutExpired):

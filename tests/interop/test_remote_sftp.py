@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,8 +27,9 @@ from tests.backend.sshd import (  # noqa: F401 - fixtures
     start_sshd,
     write_client_config,
 )
-from tests.cli.conftest import cairn_env, run_cairn
+from tests.cli.conftest import run_cairn
 from tests.conftest import run_restic
+from tests.interop.remote_common import backup_in_background
 from tests.treecompare import describe
 
 
@@ -228,10 +228,6 @@ def test_authentication_failures(sshd: SSHServer, tmp_path: Path, problem: str) 
 # --- the server dies in the middle of a backup ---------------------------------------
 
 
-def _landed_packs(repo: Path) -> int:
-    return sum(1 for p in (repo / "data").rglob("*") if p.is_file() and "-temp-" not in p.name)
-
-
 def test_server_killed_mid_backup(
     private_sshd: SSHServer,  # noqa: F811
     tmp_path: Path,
@@ -242,16 +238,7 @@ def test_server_killed_mid_backup(
     for i in range(8):
         (src / f"f{i}.bin").write_bytes(os.urandom(12 << 20))
     run_cairn(*via(private_sshd, repo), "init")
-    backup = subprocess.Popen(
-        [sys.executable, "-m", "cairn", *via(private_sshd, repo), "--json", "backup", str(src)],
-        env=cairn_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and _landed_packs(repo) < 2 and backup.poll() is None:
-        time.sleep(0.02)
-    assert backup.poll() is None, "the backup finished before the server could be killed"
+    backup = backup_in_background(*via(private_sshd, repo), src=src, repo=repo)
     private_sshd.kill_all()
     killed = time.monotonic()
     _, stderr = backup.communicate(timeout=60)
