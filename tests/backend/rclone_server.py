@@ -78,13 +78,18 @@ def rclone_rest_server(
         threading.Thread(target=_drain, args=(proc.stderr,), daemon=True).start()
         yield RestServer(url, root, user, password)
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Ask a server to stop (SIGTERM), and kill it if it has not within 10 s."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def _wait_for_address(proc: subprocess.Popen[bytes], timeout: float) -> str:

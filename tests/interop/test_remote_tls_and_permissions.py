@@ -14,7 +14,6 @@ import ipaddress
 import os
 import re
 import shutil
-import signal
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.backend.rclone_server import rclone_path
+from tests.backend.rclone_server import rclone_path, stop_process
 from tests.backend.sshd import HOST_ALIAS, SSHServer, sshd  # noqa: F401 - fixture
 from tests.cli.conftest import run_cairn
 from tests.conftest import run_restic
@@ -163,13 +162,7 @@ def https_rest_server(root: Path, cert: Path, key: Path) -> Iterator[str]:
             raise RuntimeError("rclone did not start:\n" + b"".join(seen).decode(errors="replace"))
         yield found[0]
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process(proc)
 
 
 @pytest.fixture
