@@ -13,6 +13,7 @@ of some datasets replaces only those) and are rendered to ``bench/RESULTS.md``.
 from __future__ import annotations
 
 import argparse
+import compileall
 import datetime
 import hashlib
 import json
@@ -62,6 +63,9 @@ def freeze_cairn(workdir: Path) -> dict[str, Any]:
         tmp = dest.with_suffix(".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(src, tmp / "cairn", ignore=shutil.ignore_patterns("__pycache__"))
+        # Byte-compiled like an installed package (pip compiles at install), so a run does
+        # not pay for compiling every module when PYTHONDONTWRITEBYTECODE is set.
+        compileall.compile_dir(tmp / "cairn", quiet=1)
         tmp.rename(dest)
 
     def git(*args: str) -> str:
