@@ -14,6 +14,7 @@ waits at directory boundaries.
 
 from __future__ import annotations
 
+import copy
 import os
 import stat
 import threading
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from cairn.archiver.dirsig import DirRecord, DirRecords, directory_signature, entry_signature
 from cairn.archiver.fsmeta import go_time, group_name, node_from_stat, user_name
 from cairn.archiver.scanner import Scanner
 from cairn.archiver.select import Selector
@@ -95,17 +97,45 @@ class _ByteBudget:
 class _DirJob:
     """A directory being built: its nodes, and how many children are still outstanding."""
 
-    __slots__ = ("nodes", "pending", "parent", "node", "old_subtree", "old_nodes", "lock")
+    __slots__ = (
+        "nodes",
+        "pending",
+        "parent",
+        "node",
+        "name",
+        "old_subtree",
+        "old_nodes",
+        "lock",
+        "path",
+        "signature",
+        "reused",
+        "subtrees",
+    )
 
-    def __init__(self, parent: _DirJob | None, node: Node | None, old_subtree: bytes | None):
+    def __init__(
+        self,
+        parent: _DirJob | None,
+        node: Node | None,
+        old_subtree: bytes | None,
+        name: bytes = b"",
+    ):
         self.nodes: list[Node] = []
         self.pending = 1  # the walker's own reference until the listing is complete
         self.parent = parent
         self.node = node  # this directory's node in its parent (None for the root)
+        self.name = node.name if node is not None else name
         self.old_subtree = old_subtree
         #: The parent snapshot's nodes of this directory, kept until its tree is written.
         self.old_nodes: dict[bytes, Node] | None = None
         self.lock = threading.Lock()
+        #: A real directory's path and listing signature; None when its record must not be
+        #: kept (not listed, or an entry could not be read).
+        self.path: bytes | None = None
+        self.signature: bytes | None = None
+        #: The parent's record when the directory is unchanged: no nodes are built, and
+        #: ``subtrees`` collects the new tree IDs of its subdirectories.
+        self.reused: DirRecord | None = None
+        self.subtrees: dict[bytes, bytes] = {}
 
 
 WarnFn = Callable[[str], None]
@@ -130,6 +160,8 @@ class Archiver:
         warn: WarnFn | None = None,
         on_file: Callable[[str, bytes], None] | None = None,
         progress: Progress | None = None,
+        records: DirRecords | None = None,
+        report_unchanged: bool = True,
     ) -> None:
         self.repo = repo
         self.selector = selector
@@ -156,6 +188,16 @@ class Archiver:
         self._hardlinks: dict[tuple[int, int], tuple[list[bytes], int]] = {}
         self._tree_cache: dict[bytes, dict[bytes, Node]] = {}
         self.interrupted = threading.Event()
+        #: The parent snapshot's directory records (see dirsig), used unless each
+        #: unchanged file must be reported by name.
+        self._old_records = records if (on_file is None or not report_unchanged) else None
+        #: This snapshot's records, for the next backup.
+        self.records = DirRecords()
+        if self._old_records is not None:
+            # Reused directories keep the owner names their nodes were given.
+            self.records.users.update(self._old_records.users)
+            self.records.groups.update(self._old_records.groups)
+        self._records_lock = threading.Lock()
 
     # -- public -------------------------------------------------------------
 
@@ -264,18 +306,28 @@ class Archiver:
         try:
             target_dev = os.lstat(path).st_dev
             with os.scandir(path) as it:
-                entries = [(e.name, e.path) for e in it]
+                names = sorted([(e.name, e.path) for e in it])
         except OSError as e:
             self._warn(f"{os.fsdecode(path)}: {e.strerror}")
             return
-        old = job.old_nodes = self._parent_nodes(parent_tree)
-        batch: list[_FileJob] = []
-        for name, epath in entries:
+        listing: list[tuple[bytes, bytes, os.stat_result]] = []
+        complete = True
+        for name, epath in names:
             try:
-                st = os.lstat(epath)
+                listing.append((name, epath, os.lstat(epath)))
             except OSError as e:
                 self._warn(f"{os.fsdecode(epath)}: {e.strerror}")
-                continue
+                complete = False
+        job.path = path
+        if complete:
+            job.signature = directory_signature(
+                target_dev, [entry_signature(name, st) for name, _, st in listing]
+            )
+            if self._reuse_dir(job, path, parent_tree, stack):
+                return
+        old = job.old_nodes = self._parent_nodes(parent_tree)
+        batch: list[_FileJob] = []
+        for name, epath, st in listing:
             if self.selector.excluded(epath, st, target_dev):
                 continue
             old_node = old.get(name)
@@ -291,6 +343,41 @@ class Archiver:
                 batch = []
         if batch:
             self._submit(batch)
+
+    def _reuse_dir(
+        self,
+        job: _DirJob,
+        path: bytes,
+        parent_tree: bytes | None,
+        stack: list[tuple[_DirJob, VirtualDir | Target, bytes | None]],
+    ) -> bool:
+        """Take the parent's tree for an unchanged directory (see dirsig): count its files
+        as unmodified and visit only its subdirectories. False when it cannot be taken."""
+        if self._old_records is None or parent_tree is None:
+            return False
+        rec = self._old_records.dirs.get(path)
+        if rec is None or rec[0] != parent_tree or rec[1] != job.signature:
+            return False
+        tree, _, blobs, files, size, subdirs = rec
+        index = self.repo.index
+        # restic's rule for an unchanged file: its content must still be in the index.
+        if not index.has(BlobType.TREE, tree) or not all(
+            index.has(BlobType.DATA, blobs[i : i + 32]) for i in range(0, len(blobs), 32)
+        ):
+            return False
+        job.reused = rec
+        with self._stats_lock:
+            self.stats.total_files_processed += files
+            self.stats.total_bytes_processed += size
+            self.stats.files_unmodified += files
+        self.progress.files_done += files
+        self.progress.bytes_done += size
+        with job.lock:
+            job.pending += len(subdirs)
+        for name, subtree in subdirs.items():
+            sub = _DirJob(job, None, subtree, name)
+            stack.append((sub, Target(os.path.join(path, name), name), subtree))
+        return True
 
     def _add_entry(
         self,
@@ -407,7 +494,7 @@ class Archiver:
         ok = False
         try:
             if self._fatal is None and not self.interrupted.is_set():
-                ok = self._store_content(node, path)
+                ok = self._store_content(job, node, path)
                 with self._stats_lock:
                     if ok:
                         if existed:
@@ -422,10 +509,11 @@ class Archiver:
             if not ok:
                 with job.lock:
                     job.nodes = [n for n in job.nodes if n is not node]
+                    job.signature = None  # its tree lacks a file: no record
             self.progress.files_done += 1
             self._release(job)
 
-    def _store_content(self, node: Node, path: bytes) -> bool:
+    def _store_content(self, job: _DirJob, node: Node, path: bytes) -> bool:
         """Chunk and store one file; False (with a warning) when it cannot be read."""
         key = (node.device_id, node.inode)
         if node.links > 1:
@@ -456,7 +544,7 @@ class Archiver:
                     size = len(whole)
                     self.progress.bytes_done += size
                     node.content = [self._store_blob(whole)] if size else []
-                    return self._stored(node, spath, size, before, os.fstat(fd), key)
+                    return self._stored(job, node, spath, size, before, os.fstat(fd), key)
                 os.lseek(fd, 0, os.SEEK_SET)  # it grew past one chunk: the general path
             with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
                 for chunk in self.chunker.chunks(f):
@@ -476,10 +564,11 @@ class Archiver:
         finally:
             os.close(fd)
         node.content = [fut.result() for fut in futures]
-        return self._stored(node, spath, size, before, after, key)
+        return self._stored(job, node, spath, size, before, after, key)
 
     def _stored(
         self,
+        job: _DirJob,
         node: Node,
         spath: str,
         size: int,
@@ -490,6 +579,7 @@ class Archiver:
         """Bookkeeping once a file's content is stored; warns if it changed meanwhile."""
         if size != node.size or after.st_mtime_ns != before.st_mtime_ns:
             self._warn(f"{spath}: file changed during backup")
+            job.signature = None  # the node may not match the listing: no record
         node.size = size  # the content is what was read; keep size consistent with it
         with self._stats_lock:
             self.stats.bytes_read += size
@@ -544,8 +634,11 @@ class Archiver:
                 self._root_tree = tree_id
                 self._done.set()
                 return
-            assert job.node is not None
-            job.node.subtree = tree_id
+            if job.node is not None:
+                job.node.subtree = tree_id
+            else:  # a subdirectory of a reused directory
+                with parent.lock:
+                    parent.subtrees[job.name] = tree_id
             with self._stats_lock:
                 if job.old_subtree is None:
                     self.stats.dirs_new += 1
@@ -558,12 +651,60 @@ class Archiver:
     def _save_tree(self, job: _DirJob) -> bytes:
         from cairn.repo.tree import encode_tree
 
+        if job.reused is not None:
+            return self._save_reused_tree(job, job.reused)
         old_nodes, job.old_nodes = job.old_nodes, None
         if _same_nodes(job.nodes, old_nodes) and job.old_subtree is not None:
             # Nothing in this directory changed: its tree is the parent's. Skips encoding,
             # hashing and the index lookup, per directory of a no-change backup.
-            return job.old_subtree
-        return self._store_blob(encode_tree(job.nodes), BlobType.TREE)
+            tree = job.old_subtree
+        else:
+            tree = self._store_blob(encode_tree(job.nodes), BlobType.TREE)
+        if job.signature is not None and job.path is not None:
+            self._record(job.path, job.signature, tree, job.nodes)
+        return tree
+
+    def _save_reused_tree(self, job: _DirJob, rec: DirRecord) -> bytes:
+        """The tree of a directory whose own entries are unchanged: the parent's, unless a
+        subdirectory's tree changed; then the parent's nodes with those subtree IDs."""
+        from cairn.repo.tree import encode_tree
+
+        tree, signature, blobs, files, size, subdirs = rec
+        if job.subtrees != subdirs:
+            old = self.repo.load_tree(tree)  # a load error fails the backup: no node is lost
+            nodes = []
+            for n in old:
+                new = job.subtrees.get(n.name) if n.type == "dir" else None
+                if new is not None and new != n.subtree:
+                    n = copy.copy(n)
+                    n.subtree = new
+                nodes.append(n)
+            tree = self._store_blob(encode_tree(nodes), BlobType.TREE)
+        if job.path is not None:
+            with self._records_lock:
+                self.records.dirs[job.path] = (tree, signature, blobs, files, size, job.subtrees)
+        return tree
+
+    def _record(self, path: bytes, signature: bytes, tree: bytes, nodes: list[Node]) -> None:
+        """Keep what the next backup needs to reuse this directory (see dirsig)."""
+        blobs: list[bytes] = []
+        files = size = 0
+        subdirs: dict[bytes, bytes] = {}
+        users: dict[int, str] = {}
+        groups: dict[int, str] = {}
+        for n in nodes:
+            users[n.uid] = n.user
+            groups[n.gid] = n.group
+            if n.type == "file":
+                files += 1
+                size += n.size
+                blobs.extend(n.content or ())
+            elif n.type == "dir" and n.subtree is not None:
+                subdirs[n.name] = n.subtree
+        with self._records_lock:
+            self.records.dirs[path] = (tree, signature, b"".join(blobs), files, size, subdirs)
+            self.records.users.update(users)
+            self.records.groups.update(groups)
 
     def _fail(self, e: BaseException) -> None:
         if self._fatal is None:

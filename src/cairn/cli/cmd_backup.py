@@ -204,6 +204,7 @@ def backup_cmd(
                 lock=not g.no_lock,
                 scan=ticker.enabled,
                 on_file=_file_reporter(g),
+                report_unchanged=g.verbose >= 2,
             )
     _report(g, result)
     if result.incomplete:

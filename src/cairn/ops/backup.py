@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 from cairn import __version__
 from cairn.archiver.archiver import Archiver, BackupStats, Progress
+from cairn.archiver.dirsig import DirRecords, options_key
 from cairn.archiver.fsmeta import go_time
 from cairn.archiver.scanner import Scanner
 from cairn.archiver.select import ExcludeOptions, Selector
@@ -166,9 +167,11 @@ def backup(
     lock: bool = True,
     scan: bool = False,
     on_file: Callable[[str, bytes], None] | None = None,
+    report_unchanged: bool = True,
 ) -> BackupResult:
     """Back up ``targets`` into ``repo``; the caller opened the repository. With ``scan``,
-    a Scanner counts the targets beside the backup so ``progress`` gets totals."""
+    a Scanner counts the targets beside the backup so ``progress`` gets totals.
+    ``on_file`` hears of every file, unchanged ones only with ``report_unchanged``."""
     if not targets:
         raise UsageError("nothing to back up: give at least one path (or --stdin)")
     started = time.monotonic()
@@ -185,6 +188,8 @@ def backup(
             # Packs a killed backup uploaded without an index: index them, do not upload again.
             repo.index_orphan_packs(write=not opts.dry_run)
             parent = None if opts.force else find_parent(repo, host, paths, opts.parent, start_time)
+            options = options_key(opts.excludes)
+            records = DirRecords.load(repo, parent[0], options) if parent else None
             archiver = Archiver(
                 repo,
                 selector,
@@ -194,6 +199,8 @@ def backup(
                 warn=warn,
                 progress=progress,
                 on_file=on_file,
+                records=records,
+                report_unchanged=report_unchanged,
             )
             try:
                 tree = archiver.run(layout)
@@ -217,6 +224,7 @@ def backup(
                     snap.parent = parent[0]
                 _attach_summary(snap, archiver.stats, start_time, now_gotime())
                 snap_id = repo.save_snapshot(snap)
+                archiver.records.save(repo, snap_id, options)
     finally:
         if progress is not None and progress.scanner is not None:
             progress.scanner.stop()

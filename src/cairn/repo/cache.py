@@ -205,6 +205,49 @@ class Cache:
                             os.unlink(entry.path)
         return removed
 
+    # --- cairn's own files -------------------------------------------------------------
+
+    def get_own(self, kind: str, name: str) -> bytes | None:
+        """A file cairn keeps for itself under ``cairn-<kind>/<name>`` (restic ignores the
+        folder); None when absent or unreadable. The caller authenticates the content."""
+        path = self._own(kind, name)
+        if path is None:
+            return None
+        try:
+            return path.read_bytes()
+        except OSError:
+            return None
+
+    def put_own(self, kind: str, name: str, data: bytes | bytearray | memoryview) -> bool:
+        """Store one of cairn's own files, then keep only the ``keep_newest`` newest of
+        its kind. True when stored; a write failure is ignored."""
+        path = self._own(kind, name)
+        if path is None:
+            return False
+        try:
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            _write_atomic(path, data)
+        except OSError:
+            return False
+        return True
+
+    def trim_own(self, kind: str, keep_newest: int) -> None:
+        """Delete all but the ``keep_newest`` most recently written files of ``kind``."""
+        base = self.path / f"cairn-{kind}"
+        try:
+            entries = [e for e in os.scandir(base) if is_id_name(e.name)]
+            entries.sort(key=lambda e: e.stat(follow_symlinks=False).st_mtime_ns, reverse=True)
+        except OSError:
+            return
+        for e in entries[keep_newest:]:
+            with contextlib.suppress(OSError):
+                os.unlink(e.path)
+
+    def _own(self, kind: str, name: str) -> Path | None:
+        if not kind.isalnum() or not is_id_name(name):
+            return None
+        return self.path / f"cairn-{kind}" / name
+
     # --- internals --------------------------------------------------------------------
 
     def _dirs(self, t: FileType) -> list[Path]:
