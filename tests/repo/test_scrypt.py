@@ -61,3 +61,20 @@ def test_random_parameters_match_openssl(
 def test_romix_rejects_bad_arguments(block_len: int, n: int, r: int) -> None:
     with pytest.raises(ValueError):
         romix(bytes(block_len), n, r)
+
+
+@settings(max_examples=30, deadline=None)
+@given(block=st.binary(min_size=256, max_size=256), log_n=st.integers(3, 10))
+def test_romix_keeping_fewer_entries_gives_the_same_lane(block: bytes, log_n: int) -> None:
+    """The time-memory trade-off (every second or fourth entry kept) changes nothing in
+    the result, only the memory it takes."""
+    n = 1 << log_n
+    full = romix(block, n, 2)
+    assert romix(block, n, 2, 2) == full
+    assert romix(block, n, 2, 4) == full
+
+
+@pytest.mark.parametrize("stride", [0, 3, 16, 32])
+def test_romix_rejects_bad_strides(stride: int) -> None:
+    with pytest.raises(ValueError):
+        romix(bytes(128), 16, 1, stride)

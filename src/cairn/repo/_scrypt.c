@@ -71,21 +71,36 @@ static void block_mix(const uint32_t *in, uint32_t *out, size_t r) {
     }
 }
 
-/* ROMix on ``x`` (32r words) with N entries of scratch ``v``; ``t`` is 32r words. */
-static void romix(uint32_t *x, uint32_t *v, uint32_t *t, size_t r, uint64_t n) {
+/* ROMix on ``x`` (32r words); ``t`` is 32r words. ``v`` holds every ``stride``-th of the N
+ * entries (N / stride of them): an entry not kept is recomputed from the kept one before it
+ * when the second loop needs it. stride 2 halves the memory for 1.25x the work (the
+ * classic time-memory trade-off), which lets two lanes run at once in the 32 MiB that one
+ * lane of restic's parameters takes. The result is the same either way. */
+static void romix(uint32_t *x, uint32_t *v, uint32_t *t, uint32_t *u, size_t r, uint64_t n,
+                  uint64_t stride) {
     const size_t words = 32 * r;
+    const size_t bytes = words * sizeof(uint32_t);
     for (uint64_t i = 0; i < n; i++) {
-        memcpy(v + i * words, x, words * sizeof(uint32_t));
+        if (i % stride == 0) memcpy(v + (i / stride) * words, x, bytes);
         block_mix(x, t, r);
-        memcpy(x, t, words * sizeof(uint32_t));
+        memcpy(x, t, bytes);
     }
     for (uint64_t i = 0; i < n; i++) {
         /* Integerify: the first word of the last block, mod N (N is a power of two). */
         uint64_t j = x[(2 * r - 1) * 16] & (n - 1);
-        const uint32_t *vj = v + j * words;
+        const uint32_t *vj = v + (j / stride) * words;
+        uint64_t missing = j % stride;
+        if (missing) {
+            memcpy(u, vj, bytes);
+            for (; missing; missing--) {
+                block_mix(u, t, r);
+                memcpy(u, t, bytes);
+            }
+            vj = u;
+        }
         for (size_t k = 0; k < words; k++) x[k] ^= vj[k];
         block_mix(x, t, r);
-        memcpy(x, t, words * sizeof(uint32_t));
+        memcpy(x, t, bytes);
     }
 }
 
@@ -102,20 +117,22 @@ static void store_le32(unsigned char *p, uint32_t w) {
 }
 
 PyDoc_STRVAR(romix_doc,
-             "romix(block, n, r) -> bytes\n\n"
+             "romix(block, n, r, stride=1) -> bytes\n\n"
              "scrypt's ROMix of one 128*r-byte lane with cost N (a power of two); needs\n"
-             "128*r*N bytes of scratch memory. Releases the GIL.");
+             "128*r*N/stride bytes of scratch memory (stride a power of two below N).\n"
+             "Releases the GIL.");
 
 static PyObject *romix_py(PyObject *self, PyObject *args) {
     Py_buffer block;
     unsigned long long n;
+    unsigned long long stride = 1;
     Py_ssize_t r;
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*Kn", &block, &n, &r)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*Kn|K", &block, &n, &r, &stride)) return NULL;
     if (r < 1 || r > (1 << 20) || n < 2 || (n & (n - 1)) || n > (1ULL << 32) ||
-        block.len != 128 * r) {
+        block.len != 128 * r || stride < 1 || (stride & (stride - 1)) || stride >= n) {
         PyBuffer_Release(&block);
-        PyErr_SetString(PyExc_ValueError, "romix: bad block length, N or r");
+        PyErr_SetString(PyExc_ValueError, "romix: bad block length, N, r or stride");
         return NULL;
     }
     const size_t words = 32 * (size_t)r;
@@ -125,10 +142,12 @@ static PyObject *romix_py(PyObject *self, PyObject *args) {
     }
     uint32_t *x = malloc(words * sizeof(uint32_t));
     uint32_t *t = malloc(words * sizeof(uint32_t));
-    uint32_t *v = malloc((size_t)n * words * sizeof(uint32_t));
-    if (!x || !t || !v) {
+    uint32_t *u = malloc(words * sizeof(uint32_t));
+    uint32_t *v = malloc((size_t)(n / stride) * words * sizeof(uint32_t));
+    if (!x || !t || !u || !v) {
         free(x);
         free(t);
+        free(u);
         free(v);
         PyBuffer_Release(&block);
         return PyErr_NoMemory();
@@ -138,10 +157,11 @@ static PyObject *romix_py(PyObject *self, PyObject *args) {
     PyBuffer_Release(&block);
 
     Py_BEGIN_ALLOW_THREADS
-    romix(x, v, t, (size_t)r, (uint64_t)n);
+    romix(x, v, t, u, (size_t)r, (uint64_t)n, (uint64_t)stride);
     Py_END_ALLOW_THREADS
 
     free(v);
+    free(u);
     free(t);
     PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(words * 4));
     if (out != NULL) {
