@@ -421,3 +421,36 @@ def test_interrupted_backup_leaves_a_valid_repository(tmp_path: Path, sig: signa
         assert summary["data_added_packed"] < 6 * (24 << 20) * 1.01 - landed * 0.9
     assert b"no errors were found" in run_restic(repo, "check", "--read-data").stdout
     shutil.rmtree(repo)
+
+
+def test_restore_of_thousands_of_files_in_one_pack_stays_within_the_open_files_limit(
+    tmp_path: Path,
+) -> None:
+    """3,000 small files share one pack; with a limit of 256 open files per process the
+    restore must still write them all (each file's descriptor was kept until its pack
+    was done, and a /usr/share restore failed with EMFILE)."""
+    import resource
+
+    src = tmp_path / "src"
+    for d in range(10):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(300):
+            (src / f"d{d}" / f"f{i}").write_bytes(f"{d}-{i}\n".encode() * 20)
+    repo = tmp_path / "repo"
+    run_cairn("init", repo=repo)
+    run_cairn("backup", str(src), repo=repo)
+    assert len([p for p in (repo / "data").rglob("*") if p.is_file()]) <= 2  # data + trees
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "cairn", "restore", "latest", "--target", str(out)],
+        env=cairn_env(repo),
+        capture_output=True,
+        preexec_fn=low_limit,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert describe(out / src.relative_to("/")) == describe(src)

@@ -102,6 +102,9 @@ def create_file(path: bytes, size: int) -> int:
     return fd
 
 
+#: Descriptors one worker keeps open at most (the default limit is 1024 per process).
+_MAX_OPEN_PER_WORKER = 64
+
 #: A file's state in ContentWriter: not yet on disk, being created, created (or failed).
 _NEW, _CREATING, _READY = 0, 1, 2
 
@@ -281,8 +284,13 @@ class ContentWriter:
                 self._done_uses(_count_uses(pending.values()), 0)
 
     def _restore_pack(self, w: _PackWork, pending: dict[bytes, list[_Use]]) -> None:
-        """Write the blobs of one pack; ``pending`` loses each blob as it is handled."""
+        """Write the blobs of one pack; ``pending`` loses each blob as it is handled.
+
+        A file's descriptor is closed after its last blob in this pack: one pack can hold
+        thousands of small files, more than the process may have open (a restore of
+        /usr/share failed with EMFILE when each stayed open until the pack was done)."""
         fds: dict[int, int] = {}
+        left = _count_uses(w.uses.values())
         try:
             for pb, result in self.repo.read_pack_blobs(w.pack_id, w.blobs):
                 uses = pending.pop(pb.id, None)
@@ -292,31 +300,52 @@ class ContentWriter:
                 if isinstance(data, CairnError):
                     for u in uses:
                         self._fail(u.file, f"{os.fsdecode(self.paths[u.file])}: {data}")
+                        self._release_fd(fds, left, u.file)
                     self._done_uses(_count_uses([uses]), 0)
                     continue
                 written = 0
                 for u in uses:
-                    if u.file in self.failed:
-                        continue
                     try:
-                        fd = fds.get(u.file)
-                        if fd is None:
-                            fd = self._open(u.file)
-                            if fd is None:
-                                continue
-                            fds[u.file] = fd
-                        write_blob(fd, data, u.offset, self.sparse)
-                    except OSError as e:
-                        path = os.fsdecode(self.paths[u.file])
-                        self._fail(u.file, f"{path}: cannot write: {e.strerror}")
-                        continue
-                    written += len(data)
+                        if self._write_use(fds, u, data):
+                            written += len(data)
+                    finally:
+                        self._release_fd(fds, left, u.file)
                 self._done_uses(_count_uses([uses]), written)
         finally:
             for fd in fds.values():
                 os.close(fd)
         if pending:
             raise CairnError("the pack did not return every requested blob")
+
+    def _write_use(self, fds: dict[int, int], u: _Use, data: bytes) -> bool:
+        """Write one blob to one place; False when the file failed (now or before)."""
+        if u.file in self.failed:
+            return False
+        try:
+            fd = fds.get(u.file)
+            if fd is None:
+                fd = self._open(u.file)
+                if fd is None:
+                    return False
+                if len(fds) >= _MAX_OPEN_PER_WORKER:
+                    # Many files interleaved in one pack: close the longest-open one (it
+                    # is opened again if it has more blobs here).
+                    os.close(fds.pop(next(iter(fds))))
+                fds[u.file] = fd
+            write_blob(fd, data, u.offset, self.sparse)
+        except OSError as e:
+            self._fail(u.file, f"{os.fsdecode(self.paths[u.file])}: cannot write: {e.strerror}")
+            return False
+        return True
+
+    @staticmethod
+    def _release_fd(fds: dict[int, int], left: dict[int, int], f: int) -> None:
+        """One use of file ``f`` in this pack is handled; close it after its last one."""
+        left[f] -= 1
+        if not left[f]:
+            fd = fds.pop(f, None)
+            if fd is not None:
+                os.close(fd)
 
     def _other_copy(self, pb: PackedBlob, error: CairnError) -> bytes | CairnError:
         """A damaged copy: the same blob may be stored intact in another pack."""
