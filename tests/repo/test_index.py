@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from cairn.backend.base import FileType
+from cairn.backend.local import LocalBackend
 from cairn.errors import FormatError
 from cairn.repo.ids import BlobType
-from cairn.repo.index import MasterIndex, PackedBlob, decode_index, encode_index
+from cairn.repo.index import (
+    MasterIndex,
+    PackedBlob,
+    _decode_compact,
+    _decode_json,
+    decode_index,
+    encode_index,
+)
+from cairn.repo.repository import Repository
+from tests.conftest import FIXTURE_PASSWORD
 
 
 def bid(i: int) -> bytes:
@@ -132,3 +148,98 @@ def test_index_file_roundtrip_and_legacy() -> None:
 def test_invalid_index_files(doc: bytes) -> None:
     with pytest.raises(FormatError):
         decode_index(doc)
+
+
+@pytest.mark.parametrize("name", ["v2", "v1", "v1-upgraded"])
+def test_compact_reader_agrees_with_json_on_restic_files(
+    fixture_repo: Callable[[str], Path], name: str
+) -> None:
+    """Index files restic wrote are in the layout the compact reader takes, and it reads
+    them exactly as the JSON decoder does."""
+    with Repository.open(LocalBackend(fixture_repo(name)), FIXTURE_PASSWORD) as repo:
+        names = [fi.name for fi in repo.backend.list(FileType.INDEX)]
+        assert names
+        for n in names:
+            text = repo.files.load(FileType.INDEX, n)
+            compact = _decode_compact(text)
+            assert compact is not None and compact == _decode_json(text)
+            assert sum(len(e) for _, e in compact[0]) > 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    packs=st.lists(
+        st.tuples(
+            st.binary(min_size=32, max_size=32),
+            st.lists(
+                st.tuples(
+                    st.sampled_from([BlobType.DATA, BlobType.TREE]),
+                    st.binary(min_size=32, max_size=32),
+                    st.integers(0, 2**32 - 1),
+                    st.integers(0, 2**32 - 1),
+                    st.integers(0, 2**32 - 1),
+                ),
+                max_size=5,
+            ),
+        ),
+        max_size=4,
+    ),
+    supersedes=st.lists(st.binary(min_size=32, max_size=32).map(bytes.hex), max_size=3),
+)
+def test_compact_reader_agrees_with_json_on_what_cairn_writes(
+    packs: list[tuple[bytes, list[tuple[BlobType, bytes, int, int, int]]]], supersedes: list[str]
+) -> None:
+    doc = [
+        (pid, [PackedBlob(t, b, pid, off, ln, ul) for t, b, off, ln, ul in blobs])
+        for pid, blobs in packs
+    ]
+    text = encode_index(doc, supersedes=supersedes)
+    compact = _decode_compact(text)
+    assert compact is not None and compact == _decode_json(text)
+    assert compact[1] == supersedes
+
+
+def test_other_layouts_go_to_the_json_decoder() -> None:
+    """Spaces, another field order or uppercase hex: not the compact layout, same result."""
+    pack, blob = bid(7), bid(8)
+    want = ([(pack, [(1, blob, 5, 60, 0)])], ["cd" * 32])
+    variants = [
+        {
+            "supersedes": ["cd" * 32],
+            "packs": [
+                {
+                    "id": pack.hex(),
+                    "blobs": [{"id": blob.hex(), "type": "tree", "offset": 5, "length": 60}],
+                }
+            ],
+        },
+        {
+            "packs": [
+                {
+                    "blobs": [{"type": "tree", "id": blob.hex(), "length": 60, "offset": 5}],
+                    "id": pack.hex(),
+                }
+            ],
+            "supersedes": ["cd" * 32],
+        },
+        {
+            "supersedes": ["cd" * 32],
+            "packs": [
+                {
+                    "id": pack.hex().upper(),
+                    "blobs": [{"id": blob.hex(), "type": "tree", "offset": 5, "length": 60}],
+                }
+            ],
+        },
+    ]
+    for doc in variants:
+        for text in (json.dumps(doc).encode(), json.dumps(doc, indent=1).encode()):
+            if text.startswith(b'{"supersedes": ['):
+                assert _decode_compact(text) is None
+            assert decode_index(text) == want
+    # A truncated file in the compact layout is an error, not a shorter index.
+    good = encode_index([(pack, [PackedBlob(BlobType.TREE, blob, pack, 5, 60, 0)])])
+    for cut in (len(good) - 3, len(good) // 2):
+        assert _decode_compact(good[:cut]) is None
+        with pytest.raises(FormatError):
+            decode_index(good[:cut])

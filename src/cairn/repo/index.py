@@ -13,7 +13,9 @@ state, never a half-written one (the GIL makes each array/bytearray access atomi
 
 from __future__ import annotations
 
+import binascii
 import json
+import re
 import struct
 import sys
 import threading
@@ -265,6 +267,12 @@ _TYPES = {"data": 0, "tree": 1}
 
 def decode_index(data: bytes) -> tuple[list[PackEntries], list[str]]:
     """Parse an index file: (packs, supersedes). Accepts the legacy bare-array form."""
+    compact = _decode_compact(data)
+    return compact if compact is not None else _decode_json(data)
+
+
+def _decode_json(data: bytes) -> tuple[list[PackEntries], list[str]]:
+    """Any JSON layout of an index file (spaces, field order, the legacy array)."""
     try:
         doc = json.loads(data)
         if isinstance(doc, list):
@@ -300,4 +308,71 @@ def decode_index(data: bytes) -> tuple[list[PackEntries], list[str]]:
             out.append((pid, entries))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise FormatError(f"invalid index file: {e}") from e
+    return out, supersedes
+
+
+# restic's own layout, as Go's encoder writes it (and encode_index above): no spaces,
+# fields in this order, lowercase hex, no leading zeros.
+_HEAD = re.compile(rb'\{(?:"supersedes":\[((?:"[0-9a-f]{64}",)*"[0-9a-f]{64}")?\],)?"packs":\[')
+_PACK = re.compile(rb'\{"id":"([0-9a-f]{64})","blobs":\[')
+
+
+#: One blob entry; ``%(g)s`` opens each field's group: "(" to capture, "(?:" not to.
+_BLOB_FORMAT = (
+    rb'\{"id":"%(g)s[0-9a-f]{64})","type":"%(g)sdata|tree)",'
+    rb'"offset":%(g)s0|[1-9][0-9]{0,18}),"length":%(g)s0|[1-9][0-9]{0,18})'
+    rb'(?:,"uncompressed_length":%(g)s[1-9][0-9]{0,18}))?\}'
+)
+
+
+def _blob_pattern(group: bytes) -> bytes:
+    return _BLOB_FORMAT % {b"g": group}
+
+
+_BLOB = re.compile(_blob_pattern(b"("))
+#: A pack's whole blob list, checked in one pass (no groups: twice as fast) before its
+#: entries are taken out.
+_BLOB_LIST = re.compile(b"(?:%s,)*%s" % (_blob_pattern(b"(?:"), _blob_pattern(b"(?:")))
+_TYPE_BYTES = {b"data": 0, b"tree": 1}
+
+
+def _decode_compact(data: bytes) -> tuple[list[PackEntries], list[str]] | None:
+    """An index file in restic's own layout, read without building a JSON object per
+    blob: a 50,000-blob file held ~6x its text in dicts and strings while json decoded
+    it, which was the peak memory of a no-change backup. None for any other layout (the
+    caller's json decoder then reads it), so this only decides how fast, never what."""
+    head = _HEAD.match(data)
+    if head is None:
+        return None
+    listed = head.group(1)
+    supersedes = [s.strip(b'"').decode() for s in listed.split(b",")] if listed else []
+    pos = head.end()
+    out: list[PackEntries] = []
+    unhex = binascii.unhexlify
+    types = _TYPE_BYTES
+    if data[pos : pos + 1] == b"]":
+        pos += 1
+    else:
+        while True:
+            pack = _PACK.match(data, pos)
+            if pack is None:
+                return None
+            pos = pack.end()
+            end = data.find(b"]}", pos)  # no "]" inside a blob entry
+            if end < 0 or (end > pos and _BLOB_LIST.fullmatch(data, pos, end) is None):
+                return None
+            entries = [
+                (types[t], unhex(bid), int(offset), int(length), int(ulen or 0))
+                for bid, t, offset, length, ulen in _BLOB.findall(data, pos, end)
+            ]
+            pos = end + 2
+            out.append((unhex(pack.group(1)), entries))
+            sep = data[pos : pos + 1]
+            pos += 1
+            if sep == b"]":
+                break
+            if sep != b",":
+                return None
+    if data[pos:] not in (b"}", b"}\n"):
+        return None
     return out, supersedes
