@@ -213,3 +213,23 @@ def test_a_dry_run_keeps_no_records(tmp_path: Path) -> None:
     assert result.snapshot_id is None
     files = list(r.records_file(first.snapshot_id or "").parent.iterdir())
     assert [p.name for p in files] == [first.snapshot_id]
+
+
+def test_a_cache_tag_written_in_place_still_excludes_its_directory(tmp_path: Path) -> None:
+    """Rewriting a marker file's content changes no listing, so the reuse looks again."""
+    src = _tree(tmp_path / "src")
+    tag = src / "a1" / "b1" / "CACHEDIR.TAG"
+    tag.write_bytes(b"not yet a cache directory tag\n" + b" " * 40)
+    opts = BackupOptions(excludes=ExcludeOptions(exclude_caches=True))
+    r = _Repo(tmp_path)
+    r.backup(src, opts)
+    with open(tag, "r+b") as f:  # in place: a1's listing and b1's inode stay the same
+        f.write(b"Signature: 8a477f597d28d172789f06886806bc55\n")
+    second = r.backup(src, opts)
+    with r.open() as repo:
+        repo.load_index()
+        tree = repo.load_snapshot(second.snapshot_id or "").tree
+        for part in (src / "a1").relative_to("/").parts:
+            tree = next(n.subtree for n in repo.load_tree(tree) if n.name == part.encode()) or b""
+        names = {n.name for n in repo.load_tree(tree)}
+    assert b"b1" not in names and b"b0" in names and b"top.bin" in names

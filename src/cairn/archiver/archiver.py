@@ -365,6 +365,12 @@ class Archiver:
             index.has(BlobType.DATA, blobs[i : i + 32]) for i in range(0, len(blobs), 32)
         ):
             return False
+        if self.selector.if_present and any(
+            self.selector.has_marker(os.path.join(path, name)) for name in subdirs
+        ):
+            # A marker's content can change without the listing changing (a CACHEDIR.TAG
+            # rewritten in place): look again, as the general path would.
+            return False
         job.reused = rec
         with self._stats_lock:
             self.stats.total_files_processed += files

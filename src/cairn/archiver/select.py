@@ -89,9 +89,11 @@ class Selector:
             return True
         if self.larger_than is not None and not is_dir and st.st_size > self.larger_than:
             return True
-        return bool(is_dir and self.if_present and self._has_marker(path))
+        return bool(is_dir and self.if_present and self.has_marker(path))
 
-    def _has_marker(self, dirpath: bytes) -> bool:
+    def has_marker(self, dirpath: bytes) -> bool:
+        """Whether the directory holds a marker file of --exclude-if-present or
+        --exclude-caches (whose content may matter, so no listing alone tells)."""
         for fname, header in self.if_present:
             marker = os.path.join(dirpath, os.fsencode(fname))
             try:
