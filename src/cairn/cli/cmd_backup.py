@@ -14,7 +14,13 @@ from cairn.cli.context import GlobalOptions
 from cairn.cli.output import human_duration, human_size, print_json
 from cairn.cli.progress import Sampler, Snapshot, Ticker
 from cairn.errors import PartialBackupError, UsageError
-from cairn.ops.backup import BackupOptions, BackupResult, backup, backup_stdin
+from cairn.ops.backup import (
+    BackupOptions,
+    BackupResult,
+    backup,
+    backup_stdin,
+    start_prefetch,
+)
 from cairn.repo.gojson import parse_time
 
 pass_globals = click.make_pass_decorator(GlobalOptions)
@@ -179,6 +185,29 @@ def backup_cmd(
             one_file_system=one_file_system,
         ),
     )
+    # Directory metadata is read in parallel while the key is derived (a cold cache).
+    prefetch = None if use_stdin else start_prefetch(targets, opts)
+    try:
+        result = _run_backup(g, targets, opts, compression, use_stdin, stdin_filename)
+    finally:
+        if prefetch is not None:
+            prefetch.stop()
+    _report(g, result)
+    if result.incomplete:
+        raise PartialBackupError(
+            f"snapshot {result.snapshot_id[:8] if result.snapshot_id else '(dry run)'} saved, "
+            f"but {len(result.stats.errors)} file(s) could not be read"
+        )
+
+
+def _run_backup(
+    g: GlobalOptions,
+    targets: list[str],
+    opts: BackupOptions,
+    compression: str | None,
+    use_stdin: bool,
+    stdin_filename: str,
+) -> BackupResult:
     repo = g.open_repository()
     if compression:
         repo.compression = compression
@@ -206,12 +235,7 @@ def backup_cmd(
                 on_file=_file_reporter(g),
                 report_unchanged=g.verbose >= 2,
             )
-    _report(g, result)
-    if result.incomplete:
-        raise PartialBackupError(
-            f"snapshot {result.snapshot_id[:8] if result.snapshot_id else '(dry run)'} saved, "
-            f"but {len(result.stats.errors)} file(s) could not be read"
-        )
+    return result
 
 
 def _report(g: GlobalOptions, r: BackupResult) -> None:

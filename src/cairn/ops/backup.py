@@ -15,11 +15,12 @@ from cairn import __version__
 from cairn.archiver.archiver import Archiver, BackupStats, Progress
 from cairn.archiver.dirsig import DirRecords, options_key
 from cairn.archiver.fsmeta import go_time
+from cairn.archiver.prefetch import MetadataPrefetch
 from cairn.archiver.scanner import Scanner
 from cairn.archiver.select import ExcludeOptions, Selector
 from cairn.archiver.targets import build_layout, snapshot_paths
 from cairn.chunker import Chunker
-from cairn.errors import Interrupted, SnapshotNotFoundError, UsageError
+from cairn.errors import CairnError, Interrupted, SnapshotNotFoundError, UsageError
 from cairn.repo.gojson import format_time
 from cairn.repo.ids import BlobType, blob_id
 from cairn.repo.node import GoTime, Node
@@ -155,6 +156,18 @@ def _attach_summary(snap: Snapshot, stats: BackupStats, start: GoTime, end: GoTi
         "total_files_processed": stats.total_files_processed,
         "total_bytes_processed": stats.total_bytes_processed,
     }
+
+
+def start_prefetch(targets: list[str], opts: BackupOptions) -> MetadataPrefetch | None:
+    """Start reading the targets' directory metadata into the kernel's caches (see
+    archiver/prefetch); None when the targets cannot be laid out: the backup itself then
+    reports why."""
+    if not targets:
+        return None
+    try:
+        return MetadataPrefetch(build_layout(targets), Selector(opts.excludes)).start()
+    except (CairnError, OSError, ValueError):
+        return None
 
 
 def backup(

@@ -1,0 +1,138 @@
+"""Read the targets' directory metadata into the kernel's caches ahead of the backup walk.
+
+The walk lists directories and lstats entries one at a time, in one thread: with a cold
+cache every directory block and inode table it touches is a disk read it waits for. A
+no-change backup of 100k files took 2.18 s cold against 1.32 s warm, while restic's
+parallel walk lost only 0.15 s. These threads issue the same reads in parallel, starting
+before the repository is opened (key derivation and the index load take the first half
+second), so the walk finds them cached. Nothing they read is kept.
+
+On a warm cache the reads are wasted CPU. One thread times the first entries alone;
+when lstat is answered from memory it stops there, else the others join it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+
+from cairn.archiver.select import Selector
+from cairn.archiver.targets import Target, VirtualDir
+
+#: Entries timed before deciding that the cache is warm.
+_PROBE_ENTRIES = 2000
+#: Seconds per entry below which lstat is taken to hit the cache (a disk read is ~100x).
+_WARM_PER_ENTRY = 5e-6
+
+
+class MetadataPrefetch:
+    """Threads that list and lstat every directory below the targets, depth first."""
+
+    def __init__(self, layout: VirtualDir, selector: Selector, threads: int = 4) -> None:
+        self.selector = selector
+        self.entries = 0
+        self.dirs = 0
+        self.warm = False
+        self._stack: list[tuple[bytes, int]] = []
+        self._busy = 0
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._probe_time = 0.0
+        self._probe_entries = 0
+        self._roots(layout)
+        self._threads = [
+            threading.Thread(target=self._work, name=f"cairn-prefetch-{i}", daemon=True)
+            for i in range(threads)
+        ]
+
+    def start(self) -> MetadataPrefetch:
+        self._threads[0].start()  # the others once the probe finds a cold cache
+        return self
+
+    def stop(self) -> None:
+        """Stop early (the backup is done or failed); returns at once."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def join(self, timeout: float | None = None) -> None:
+        for t in self._threads:
+            if t.ident is not None:
+                t.join(timeout)
+
+    def _roots(self, vdir: VirtualDir) -> None:
+        if vdir.target is not None:
+            self._push(vdir.target.path)
+            return
+        for child in vdir.children.values():
+            if isinstance(child, Target):
+                self._push(child.path)
+            else:
+                self._roots(child)
+
+    def _push(self, path: bytes) -> None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            self._stack.append((path, st.st_dev))
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stack and self._busy and not self._stop.is_set():
+                    self._cond.wait()
+                if self._stop.is_set() or not self._stack:
+                    self._cond.notify_all()  # the walk is complete: wake the others
+                    return
+                path, dev = self._stack.pop()
+                self._busy += 1
+            try:
+                found = self._list(path, dev)
+            finally:
+                with self._cond:
+                    self._busy -= 1
+                    self._stack.extend(found)
+                    self._cond.notify_all()
+
+    def _list(self, path: bytes, dev: int) -> list[tuple[bytes, int]]:
+        start = time.perf_counter()
+        subdirs: list[tuple[bytes, int]] = []
+        n = 0
+        try:
+            with os.scandir(path) as it:
+                for entry in it:
+                    if self._stop.is_set():
+                        break
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    n += 1
+                    if stat.S_ISDIR(st.st_mode) and not self.selector.excluded(entry.path, st, dev):
+                        subdirs.append((entry.path, st.st_dev))
+        except OSError:
+            pass
+        self._account(n, time.perf_counter() - start)
+        return subdirs
+
+    def _account(self, n: int, seconds: float) -> None:
+        with self._cond:
+            self.entries += n
+            self.dirs += 1
+            if self._probe_entries >= _PROBE_ENTRIES:
+                return
+            self._probe_entries += n
+            self._probe_time += seconds
+            if self._probe_entries < _PROBE_ENTRIES:
+                return
+            if self._probe_time < _WARM_PER_ENTRY * self._probe_entries:
+                self.warm = True
+                self._stop.set()
+                self._cond.notify_all()
+                return
+        for t in self._threads[1:]:
+            t.start()

@@ -1,0 +1,74 @@
+"""MetadataPrefetch: parallel listing of the targets' directories before the walk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cairn.archiver import prefetch as prefetch_module
+from cairn.archiver.prefetch import MetadataPrefetch
+from cairn.archiver.select import ExcludeOptions, Selector
+from cairn.archiver.targets import build_layout
+from cairn.ops.backup import BackupOptions, start_prefetch
+
+
+def _tree(root: Path) -> tuple[int, int]:
+    """60 directories (one of them named "skip" with 5 files inside), 10 files each."""
+    dirs = entries = 0
+    for a in range(6):
+        for b in range(9):
+            d = root / f"d{a}" / ("skip" if (a, b) == (0, 0) else f"e{b}")
+            d.mkdir(parents=True)
+            for i in range(10):
+                (d / f"f{i}").write_bytes(b"x")
+    for _, dnames, fnames in os.walk(root):
+        dirs += 1
+        entries += len(dnames) + len(fnames)
+    return dirs, entries
+
+
+def test_a_cold_cache_lists_every_directory_but_the_excluded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dirs, entries = _tree(tmp_path / "src")
+    monkeypatch.setattr(prefetch_module, "_WARM_PER_ENTRY", 0.0)  # every cache looks cold
+    monkeypatch.setattr(prefetch_module, "_PROBE_ENTRIES", 50)
+    selector = Selector(ExcludeOptions(exclude=["skip"]))
+    p = MetadataPrefetch(build_layout([str(tmp_path / "src")]), selector, threads=3).start()
+    p.join(30)
+    assert not p.warm
+    assert p.dirs == dirs - 1  # "skip" was not entered
+    assert p.entries == entries - 10
+
+
+def test_a_warm_cache_stops_after_the_probe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dirs, _ = _tree(tmp_path / "src")
+    monkeypatch.setattr(prefetch_module, "_WARM_PER_ENTRY", 1.0)  # every cache looks warm
+    monkeypatch.setattr(prefetch_module, "_PROBE_ENTRIES", 50)
+    p = MetadataPrefetch(build_layout([str(tmp_path / "src")]), Selector(ExcludeOptions()))
+    p.start().join(30)
+    assert p.warm and 50 <= p.entries < 100 and p.dirs < dirs
+
+
+def test_stop_ends_the_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _tree(tmp_path / "src")
+    monkeypatch.setattr(prefetch_module, "_WARM_PER_ENTRY", 0.0)
+    p = MetadataPrefetch(build_layout([str(tmp_path / "src")]), Selector(ExcludeOptions()))
+    p.stop()
+    p.start().join(30)
+    assert p.dirs <= 1
+
+
+def test_missing_targets_are_left_to_the_backup(tmp_path: Path) -> None:
+    """The backup reports a missing target or a bad pattern; the prefetch just does not
+    start."""
+    assert start_prefetch([str(tmp_path / "nothing")], BackupOptions()) is None
+    (tmp_path / "here").mkdir()
+    p = start_prefetch([str(tmp_path / "here")], BackupOptions())
+    assert p is not None
+    p.join(30)
+    assert p.dirs == 1
