@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from cairn.archiver.dirsig import DirRecords, options_key
 from cairn.archiver.select import ExcludeOptions
 from cairn.backend.local import LocalBackend
-from cairn.ops.backup import BackupOptions, BackupResult, backup
+from cairn.ops.backup import BackupOptions, BackupResult, backup, start_prefetch
 from cairn.ops.restore import restore
 from cairn.repo.cache import Cache
 from cairn.repo.keys import KdfParams
@@ -46,10 +48,15 @@ class _Repo:
             repo.load_tree = counting  # type: ignore[method-assign]
             yield repo
 
-    def backup(self, src: Path, opts: BackupOptions | None = None) -> BackupResult:
+    def backup(
+        self, src: Path, opts: BackupOptions | None = None, prefetch: bool = False
+    ) -> BackupResult:
+        """One backup; with ``prefetch``, as the CLI runs it (signatures listed ahead)."""
         self.tree_loads = 0
+        opts = opts or BackupOptions()
+        ahead = start_prefetch([str(src)], opts) if prefetch else None
         with self.open() as repo:
-            result = backup(repo, [str(src)], opts or BackupOptions())
+            result = backup(repo, [str(src)], opts, prefetch=ahead)
         assert result.snapshot_id and not result.incomplete
         return result
 
@@ -86,12 +93,13 @@ def _tree(root: Path) -> Path:
     return root
 
 
-def test_a_no_change_backup_loads_no_parent_tree(tmp_path: Path) -> None:
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_a_no_change_backup_loads_no_parent_tree(tmp_path: Path, prefetch: bool) -> None:
     src = _tree(tmp_path / "src")
     r = _Repo(tmp_path)
-    first = r.backup(src)
+    first = r.backup(src, prefetch=prefetch)
     assert r.records_file(first.snapshot_id or "").is_file()
-    second = r.backup(src)
+    second = r.backup(src, prefetch=prefetch)
     # Only the directories above the target are read: the path down to it ("/", "tmp", ...).
     above = len(src.parts) - 1
     assert r.tree_loads == above
@@ -102,15 +110,16 @@ def test_a_no_change_backup_loads_no_parent_tree(tmp_path: Path) -> None:
     assert s.dirs_unmodified == first.stats.dirs_new and s.dirs_new == s.dirs_changed == 0
     assert s.bytes_read == 0 and s.data_blobs == s.tree_blobs == 0
     # The records carry on: a third backup takes the same path.
-    r.backup(src)
+    r.backup(src, prefetch=prefetch)
     assert r.tree_loads == above
     r.assert_restores_to(src, tmp_path)
 
 
-def test_every_change_reaches_the_next_snapshot(tmp_path: Path) -> None:
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_every_change_reaches_the_next_snapshot(tmp_path: Path, prefetch: bool) -> None:
     src = _tree(tmp_path / "src")
     r = _Repo(tmp_path)
-    r.backup(src)
+    r.backup(src, prefetch=prefetch)
     deep = src / "a1" / "b2"
     # Same size and mtime, new content: only ctime tells (as restic's rule).
     st = os.stat(deep / "f0.txt")
@@ -128,7 +137,7 @@ def test_every_change_reaches_the_next_snapshot(tmp_path: Path) -> None:
     (src / "a2" / "b1" / "sub" / "inner").write_text("in a new directory\n")
     os.rename(src / "a1" / "b1", src / "a1" / "renamed")
     (src / "empty").chmod(0o700)
-    second = r.backup(src)
+    second = r.backup(src, prefetch=prefetch)
     assert second.stats.files_new >= 2 and second.stats.files_changed >= 3
     r.assert_restores_to(src, tmp_path)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cairn.archiver import prefetch as prefetch_module
+from cairn.archiver.dirsig import directory_signature, entry_signature
 from cairn.archiver.prefetch import MetadataPrefetch
 from cairn.archiver.select import ExcludeOptions, Selector
 from cairn.archiver.targets import build_layout
@@ -41,17 +42,34 @@ def test_a_cold_cache_lists_every_directory_but_the_excluded(
     assert not p.warm
     assert p.dirs == dirs - 1  # "skip" was not entered
     assert p.entries == entries - 10
+    assert len(p.signatures) == dirs - 1
+    assert sum(t.ident is not None for t in p._threads) == 3
 
 
-def test_a_warm_cache_stops_after_the_probe(
+def test_a_warm_cache_is_listed_by_one_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    dirs, _ = _tree(tmp_path / "src")
+    dirs, entries = _tree(tmp_path / "src")
     monkeypatch.setattr(prefetch_module, "_WARM_PER_ENTRY", 1.0)  # every cache looks warm
     monkeypatch.setattr(prefetch_module, "_PROBE_ENTRIES", 50)
     p = MetadataPrefetch(build_layout([str(tmp_path / "src")]), Selector(ExcludeOptions()))
     p.start().join(30)
-    assert p.warm and 50 <= p.entries < 100 and p.dirs < dirs
+    assert p.warm and p.dirs == dirs and p.entries == entries
+    assert sum(t.ident is not None for t in p._threads) == 1
+
+
+def test_signatures_are_the_walks(tmp_path: Path) -> None:
+    """Each listed directory's signature is the one the backup walk computes."""
+    src = tmp_path / "src"
+    _tree(src)
+    (src / "d1" / "link").symlink_to("e1")
+    p = MetadataPrefetch(build_layout([str(src)]), Selector(ExcludeOptions()))
+    p.start().join(30)
+    for path, signature in p.signatures.items():
+        names = sorted(os.listdir(path))
+        parts = [entry_signature(n, os.lstat(os.path.join(path, n))) for n in names]
+        assert signature == directory_signature(os.lstat(path).st_dev, parts)
+    assert len(p.signatures) == p.dirs
 
 
 def test_stop_ends_the_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

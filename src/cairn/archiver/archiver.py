@@ -162,6 +162,7 @@ class Archiver:
         progress: Progress | None = None,
         records: DirRecords | None = None,
         report_unchanged: bool = True,
+        signatures: dict[bytes, bytes] | None = None,
     ) -> None:
         self.repo = repo
         self.selector = selector
@@ -198,6 +199,8 @@ class Archiver:
             self.records.users.update(self._old_records.users)
             self.records.groups.update(self._old_records.groups)
         self._records_lock = threading.Lock()
+        #: Listing signatures computed ahead of the walk (archiver/prefetch.py), by path.
+        self._signatures = signatures
 
     # -- public -------------------------------------------------------------
 
@@ -303,6 +306,13 @@ class Archiver:
     ) -> None:
         """Add every entry of a real directory to ``job``; subdirectories go on the stack."""
         self.progress.current = os.fsdecode(path)
+        signature = self._signatures.get(path) if self._signatures else None
+        if signature is not None:
+            # Listed moments ago by the prefetch: an unchanged directory needs no listing.
+            job.path, job.signature = path, signature
+            if self._reuse_dir(job, path, parent_tree, stack):
+                return
+            job.signature = None
         try:
             target_dev = os.lstat(path).st_dev
             with os.scandir(path) as it:

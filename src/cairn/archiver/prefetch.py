@@ -7,8 +7,11 @@ parallel walk lost only 0.15 s. These threads issue the same reads in parallel, 
 before the repository is opened (key derivation and the index load take the first half
 second), so the walk finds them cached. Nothing they read is kept.
 
-On a warm cache the reads are wasted CPU. One thread times the first entries alone;
-when lstat is answered from memory it stops there, else the others join it.
+The threads also compute each directory's signature (archiver/dirsig.py) as they go, so
+that when the parent snapshot's records say a directory is unchanged the walk reuses it
+without listing it again. On a warm cache one thread does that alone (it runs while the
+key is derived and the index loads); when the first entries it times show a cold cache,
+the others join it. When there are no records to compare with, the backup stops it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import stat
 import threading
 import time
 
+from cairn.archiver.dirsig import directory_signature, entry_signature
 from cairn.archiver.select import Selector
 from cairn.archiver.targets import Target, VirtualDir
 
@@ -36,6 +40,9 @@ class MetadataPrefetch:
         self.entries = 0
         self.dirs = 0
         self.warm = False
+        #: Directory path -> signature of its listing (only complete listings).
+        self.signatures: dict[bytes, bytes] = {}
+        self.done = threading.Event()
         self._stack: list[tuple[bytes, int]] = []
         self._busy = 0
         self._cond = threading.Condition()
@@ -53,15 +60,14 @@ class MetadataPrefetch:
         return self
 
     def stop(self) -> None:
-        """Stop early (the backup is done or failed); returns at once."""
+        """Stop early (no records to use, or the backup is done); returns at once."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
 
     def join(self, timeout: float | None = None) -> None:
-        for t in self._threads:
-            if t.ident is not None:
-                t.join(timeout)
+        """Wait until the walk is complete (or stopped)."""
+        self.done.wait(timeout)
 
     def _roots(self, vdir: VirtualDir) -> None:
         if vdir.target is not None:
@@ -88,6 +94,8 @@ class MetadataPrefetch:
                     self._cond.wait()
                 if self._stop.is_set() or not self._stack:
                     self._cond.notify_all()  # the walk is complete: wake the others
+                    if not self._busy:
+                        self.done.set()
                     return
                 path, dev = self._stack.pop()
                 self._busy += 1
@@ -100,24 +108,34 @@ class MetadataPrefetch:
                     self._cond.notify_all()
 
     def _list(self, path: bytes, dev: int) -> list[tuple[bytes, int]]:
+        """List one directory: its signature, and the subdirectories to visit. ``dev``
+        is the directory's own device, as the walk takes it for --one-file-system."""
         start = time.perf_counter()
         subdirs: list[tuple[bytes, int]] = []
-        n = 0
+        parts: list[bytes] = []
+        complete = True
         try:
             with os.scandir(path) as it:
-                for entry in it:
-                    if self._stop.is_set():
-                        break
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    n += 1
-                    if stat.S_ISDIR(st.st_mode) and not self.selector.excluded(entry.path, st, dev):
-                        subdirs.append((entry.path, st.st_dev))
+                listed = sorted([(e.name, e.path) for e in it])
+            for name, epath in listed:
+                if self._stop.is_set():
+                    complete = False
+                    break
+                try:
+                    st = os.lstat(epath)
+                except OSError:
+                    complete = False
+                    continue
+                parts.append(entry_signature(name, st))
+                if stat.S_ISDIR(st.st_mode) and not self.selector.excluded(epath, st, dev):
+                    subdirs.append((epath, st.st_dev))
         except OSError:
-            pass
-        self._account(n, time.perf_counter() - start)
+            complete = False
+        if complete:
+            signature = directory_signature(dev, parts)
+            with self._cond:
+                self.signatures[path] = signature
+        self._account(len(parts), time.perf_counter() - start)
         return subdirs
 
     def _account(self, n: int, seconds: float) -> None:
@@ -131,9 +149,7 @@ class MetadataPrefetch:
             if self._probe_entries < _PROBE_ENTRIES:
                 return
             if self._probe_time < _WARM_PER_ENTRY * self._probe_entries:
-                self.warm = True
-                self._stop.set()
-                self._cond.notify_all()
+                self.warm = True  # one thread goes on alone
                 return
         for t in self._threads[1:]:
             t.start()

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import click
 
 from cairn.archiver.archiver import Progress
+from cairn.archiver.prefetch import MetadataPrefetch
 from cairn.archiver.select import ExcludeOptions, parse_size
 from cairn.cli.context import GlobalOptions
 from cairn.cli.output import human_duration, human_size, print_json
@@ -185,10 +186,10 @@ def backup_cmd(
             one_file_system=one_file_system,
         ),
     )
-    # Directory metadata is read in parallel while the key is derived (a cold cache).
+    # Directories are listed (in parallel on a cold cache) while the key is derived.
     prefetch = None if use_stdin else start_prefetch(targets, opts)
     try:
-        result = _run_backup(g, targets, opts, compression, use_stdin, stdin_filename)
+        result = _run_backup(g, targets, opts, compression, use_stdin, stdin_filename, prefetch)
     finally:
         if prefetch is not None:
             prefetch.stop()
@@ -207,6 +208,7 @@ def _run_backup(
     compression: str | None,
     use_stdin: bool,
     stdin_filename: str,
+    prefetch: MetadataPrefetch | None,
 ) -> BackupResult:
     repo = g.open_repository()
     if compression:
@@ -234,6 +236,7 @@ def _run_backup(
                 scan=ticker.enabled,
                 on_file=_file_reporter(g),
                 report_unchanged=g.verbose >= 2,
+                prefetch=prefetch,
             )
     return result
 

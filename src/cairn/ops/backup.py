@@ -181,10 +181,13 @@ def backup(
     scan: bool = False,
     on_file: Callable[[str, bytes], None] | None = None,
     report_unchanged: bool = True,
+    prefetch: MetadataPrefetch | None = None,
 ) -> BackupResult:
     """Back up ``targets`` into ``repo``; the caller opened the repository. With ``scan``,
     a Scanner counts the targets beside the backup so ``progress`` gets totals.
-    ``on_file`` hears of every file, unchanged ones only with ``report_unchanged``."""
+    ``on_file`` hears of every file, unchanged ones only with ``report_unchanged``.
+    ``prefetch`` (from :func:`start_prefetch`) lends its directory signatures to the walk
+    when the parent has directory records, and is stopped when it has none."""
     if not targets:
         raise UsageError("nothing to back up: give at least one path (or --stdin)")
     started = time.monotonic()
@@ -203,6 +206,13 @@ def backup(
             parent = None if opts.force else find_parent(repo, host, paths, opts.parent, start_time)
             options = options_key(opts.excludes)
             records = DirRecords.load(repo, parent[0], options) if parent else None
+            signatures = None
+            if prefetch is not None:
+                if records is None:
+                    prefetch.stop()  # nothing to compare its signatures with
+                else:
+                    prefetch.join()
+                    signatures = prefetch.signatures
             archiver = Archiver(
                 repo,
                 selector,
@@ -214,6 +224,7 @@ def backup(
                 on_file=on_file,
                 records=records,
                 report_unchanged=report_unchanged,
+                signatures=signatures,
             )
             try:
                 tree = archiver.run(layout)
