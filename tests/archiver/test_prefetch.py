@@ -30,12 +30,17 @@ def _tree(root: Path) -> tuple[int, int]:
     return dirs, entries
 
 
+def _probe_sees(monkeypatch: pytest.MonkeyPatch, *, warm: bool) -> None:
+    """Make the probe decide after 50 entries, and decide ``warm`` whatever it times."""
+    monkeypatch.setattr(prefetch_module, "_WARM_PER_ENTRY", 1.0 if warm else 0.0)
+    monkeypatch.setattr(prefetch_module, "_PROBE_ENTRIES", 50)
+
+
 def test_a_cold_cache_lists_every_directory_but_the_excluded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dirs, entries = _tree(tmp_path / "src")
-    monkeypatch.setattr(prefetch_module, "_WARM_PER_ENTRY", 0.0)  # every cache looks cold
-    monkeypatch.setattr(prefetch_module, "_PROBE_ENTRIES", 50)
+    _probe_sees(monkeypatch, warm=False)
     selector = Selector(ExcludeOptions(exclude=["skip"]))
     p = MetadataPrefetch(build_layout([str(tmp_path / "src")]), selector, threads=3).start()
     p.join(30)
@@ -50,8 +55,7 @@ def test_a_warm_cache_is_listed_by_one_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dirs, entries = _tree(tmp_path / "src")
-    monkeypatch.setattr(prefetch_module, "_WARM_PER_ENTRY", 1.0)  # every cache looks warm
-    monkeypatch.setattr(prefetch_module, "_PROBE_ENTRIES", 50)
+    _probe_sees(monkeypatch, warm=True)
     p = MetadataPrefetch(build_layout([str(tmp_path / "src")]), Selector(ExcludeOptions()))
     p.start().join(30)
     assert p.warm and p.dirs == dirs and p.entries == entries
