@@ -5,13 +5,15 @@ cache every directory block and inode table it touches is a disk read it waits f
 no-change backup of 100k files took 2.18 s cold against 1.32 s warm, while restic's
 parallel walk lost only 0.15 s. These threads issue the same reads in parallel, starting
 before the repository is opened (key derivation and the index load take the first half
-second), so the walk finds them cached. Nothing they read is kept.
+second), so the walk finds them cached.
 
 The threads also compute each directory's signature (archiver/dirsig.py) as they go, so
 that when the parent snapshot's records say a directory is unchanged the walk reuses it
 without listing it again. On a warm cache one thread does that alone (it runs while the
 key is derived and the index loads); when the first entries it times show a cold cache,
-the others join it. When there are no records to compare with, the backup stops it.
+the others join it. When there are no records to compare with, the backup stops it. A
+directory that changes after it was listed here, before the walk reaches it, is backed
+up as it was when listed, as a file changed during any backup is.
 """
 
 from __future__ import annotations

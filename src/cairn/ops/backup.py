@@ -248,7 +248,10 @@ def backup(
                     snap.parent = parent[0]
                 _attach_summary(snap, archiver.stats, start_time, now_gotime())
                 snap_id = repo.save_snapshot(snap)
-                archiver.records.save(repo, snap_id, options)
+                # Only a speed-up for the next backup: the snapshot is saved, so nothing
+                # that goes wrong in keeping the records may fail this one.
+                with contextlib.suppress(Exception):
+                    archiver.records.save(repo, snap_id, options)
     finally:
         if progress is not None and progress.scanner is not None:
             progress.scanner.stop()

@@ -219,8 +219,8 @@ class Cache:
             return None
 
     def put_own(self, kind: str, name: str, data: bytes | bytearray | memoryview) -> bool:
-        """Store one of cairn's own files, then keep only the ``keep_newest`` newest of
-        its kind. True when stored; a write failure is ignored."""
+        """Store one of cairn's own files (written aside, then renamed into place). True
+        when stored; a write failure is ignored."""
         path = self._own(kind, name)
         if path is None:
             return False
