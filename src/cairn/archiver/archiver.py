@@ -187,7 +187,6 @@ class Archiver:
         self._root_tree: bytes | None = None
         self._dry_run_ids: set[bytes] = set()
         self._hardlinks: dict[tuple[int, int], tuple[list[bytes], int]] = {}
-        self._tree_cache: dict[bytes, dict[bytes, Node]] = {}
         self.interrupted = threading.Event()
         #: The parent snapshot's directory records (see dirsig), used unless each
         #: unchanged file must be reported by name.
@@ -242,14 +241,11 @@ class Archiver:
     def _parent_nodes(self, tree_id: bytes | None) -> dict[bytes, Node]:
         if tree_id is None:
             return {}
-        nodes = self._tree_cache.pop(tree_id, None)
-        if nodes is None:
-            try:
-                nodes = {n.name: n for n in self.repo.load_tree(tree_id)}
-            except CairnError as e:
-                self._warn(f"parent tree {tree_id.hex()[:10]} unreadable, files re-read: {e}")
-                nodes = {}
-        return nodes
+        try:
+            return {n.name: n for n in self.repo.load_tree(tree_id)}
+        except CairnError as e:
+            self._warn(f"parent tree {tree_id.hex()[:10]} unreadable, files re-read: {e}")
+            return {}
 
     def _add_virtual(
         self,
