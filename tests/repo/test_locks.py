@@ -116,6 +116,38 @@ def test_conflict_appearing_during_recheck_removes_own_lock(
     assert len(infos) == 1 and infos[0] is not None and infos[0].hostname == "other-host"
 
 
+def test_deferred_recheck_reports_a_racing_lock_at_confirm(tmp_path: Path) -> None:
+    """With the recheck deferred, a lock taken during the delay is still found: confirm()
+    raises, and our own lock file is gone before anything was written."""
+    repo = new_repo(tmp_path / "r")
+    held = repo.lock(defer_recheck=True)
+    foreign_lock(repo, exclusive=True)  # lands inside the 0.2 s recheck delay
+    with pytest.raises(RepositoryLockedError):
+        held.confirm()
+    infos = [info for _, info in iter_locks(repo.files)]
+    assert len(infos) == 1 and infos[0] is not None and infos[0].hostname == "other-host"
+
+
+def test_deferred_recheck_is_confirmed_on_exit_when_the_caller_forgot(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path / "r")
+    with pytest.raises(RepositoryLockedError), repo.lock(exclusive=True, defer_recheck=True):
+        foreign_lock(repo, exclusive=False)
+    assert [i.hostname for _, i in iter_locks(repo.files) if i] == ["other-host"]
+
+
+def test_deferred_recheck_without_conflict_holds_the_lock(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path / "r")
+    started = time.monotonic()
+    with repo.lock(defer_recheck=True) as held:
+        returned = time.monotonic() - started
+        held.confirm()
+        waited = time.monotonic() - started
+        assert len(lock_names(repo)) == 1
+    assert lock_names(repo) == set()
+    # the delay was spent in confirm(), not in taking the lock
+    assert returned < waited and waited >= 0.2
+
+
 def test_refresh_replaces_lock_file(tmp_path: Path) -> None:
     repo = new_repo(tmp_path / "r")
     lk = Lock(repo.files, exclusive=True, refresh_interval=0.05).acquire()

@@ -3,12 +3,14 @@ real restic agrees (spec §19 checks 2 and 16)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import cairn.ops.check as check_module
 from cairn.errors import CheckFailedError, UsageError
 from cairn.ops.check import CheckProgress, check, predicted_pack_size, select_packs
 from tests.conftest import FIXTURE_PASSWORD, run_restic
@@ -27,9 +29,29 @@ def _pack_path(repo: Path, name: str) -> Path:
     return repo / "data" / name[:2] / name
 
 
+@pytest.fixture(params=["threads", "processes"])
+def readers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Runs a test with the packs read by threads and again by forked worker processes
+    (the fixtures hold fewer packs than the count at which check forks). Returns the
+    worker counts of the process pools the test started."""
+    forked = request.param == "processes"
+    monkeypatch.setattr("cairn.ops.check._FORK_MIN_PACKS", 1 if forked else 10**9)
+    pools: list[int] = []
+    real = concurrent.futures.ProcessPoolExecutor
+
+    def spy(workers: int, **kw: Any) -> Any:
+        pools.append(workers)
+        return real(workers, **kw)
+
+    monkeypatch.setattr("cairn.ops.check.ProcessPoolExecutor", spy)
+    if forked:
+        pools.append(0)  # marks the mode; a started pool adds its size after it
+    return pools
+
+
 @pytest.mark.parametrize("name", ["v2", "v1", "v1-upgraded"])
 @pytest.mark.parametrize("read_data", [False, True])
-def test_fixtures_pass(fixture_repo: Any, name: str, read_data: bool) -> None:
+def test_fixtures_pass(fixture_repo: Any, name: str, read_data: bool, readers: str) -> None:
     path = fixture_repo(name)
     repo = open_repo(path)
     seen: list[CheckProgress] = []
@@ -44,11 +66,14 @@ def test_fixtures_pass(fixture_repo: Any, name: str, read_data: bool) -> None:
     assert result.snapshots == len(list((path / "snapshots").iterdir()))
     assert result.trees > 0
     assert result.packs_read == (n_packs if read_data else 0)
+    # forked readers are used exactly when asked for, and only to read data
+    cores = check_module._cores()
+    assert readers == ([0, cores] if readers and read_data and cores > 1 else readers[:1])
     assert {p.phase for p in seen} >= {"snapshots", "index", "packs", "trees"}
     assert not list((path / "locks").iterdir())  # the exclusive lock is gone again
 
 
-def test_flipped_byte_found_only_by_read_data(fixture_repo: Any) -> None:
+def test_flipped_byte_found_only_by_read_data(fixture_repo: Any, readers: str) -> None:
     path = fixture_repo("v2")
     # offset 50 lies in blob 72ca8c96 (README.txt, in snapshots 1 and 2)
     flip_byte(_pack_path(path, BIG_PACK), 50)
@@ -74,7 +99,7 @@ def test_flipped_byte_found_only_by_read_data(fixture_repo: Any) -> None:
     assert proc.returncode != 0
 
 
-def test_damaged_pack_header(fixture_repo: Any) -> None:
+def test_damaged_pack_header(fixture_repo: Any, readers: str) -> None:
     path = fixture_repo("v2")
     pack = _pack_path(path, STDIN_TREE_PACK)
     flip_byte(pack, pack.stat().st_size - 10)  # inside the sealed header

@@ -23,6 +23,7 @@ from cairn.chunker import Chunker
 from cairn.errors import CairnError, Interrupted, SnapshotNotFoundError, UsageError
 from cairn.repo.gojson import format_time
 from cairn.repo.ids import BlobType, blob_id
+from cairn.repo.lock import NoLock
 from cairn.repo.node import GoTime, Node
 from cairn.repo.repository import Repository
 from cairn.repo.snapshot import Snapshot
@@ -199,8 +200,9 @@ def backup(
     if scan and progress is not None:
         progress.scanner = Scanner(layout, selector).start()
     try:
-        with repo.lock(exclusive=False) if lock else _nolock():
-            repo.load_index()
+        with repo.lock(defer_recheck=True) if lock else NoLock() as held:
+            repo.load_index()  # read while restic's lock recheck delay runs
+            held.confirm()
             # Packs a killed backup uploaded without an index: index them, do not upload again.
             repo.index_orphan_packs(write=not opts.dry_run)
             parent = None if opts.force else find_parent(repo, host, paths, opts.parent, start_time)
@@ -282,8 +284,9 @@ def backup_stdin(
     t = opts.time or now_gotime()
     host = opts.host or socket.gethostname()
     stats = BackupStats()
-    with repo.lock(exclusive=False) if lock else _nolock():
-        repo.load_index()
+    with repo.lock(defer_recheck=True) if lock else NoLock() as held:
+        repo.load_index()  # read while restic's lock recheck delay runs
+        held.confirm()
         # Packs a killed backup uploaded without an index: index them, do not upload again.
         repo.index_orphan_packs(write=not opts.dry_run)
         chunker = Chunker(repo.config.chunker_polynomial)
@@ -333,11 +336,3 @@ def backup_stdin(
         duration=time.monotonic() - started,
         dry_run=opts.dry_run,
     )
-
-
-class _nolock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

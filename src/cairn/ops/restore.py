@@ -8,11 +8,11 @@ under the target; existing files are overwritten. Sparse restore is the default 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cairn.errors import RestoreError, UsageError
+from cairn.repo.lock import NoLock
 from cairn.repo.repository import Repository
 from cairn.repo.treepath import subtree_at
 from cairn.restorer.progress import ProgressCallback
@@ -79,8 +79,9 @@ def restore(
     """Restore ``snapshot_ref`` (``latest``, an ID or prefix, optionally ``:subpath``) into
     ``target``. Per-file failures are in ``errors`` (``raise_for_errors`` for the exit
     code); RestoreError for an unwritable target, UsageError for bad patterns."""
-    with repo.lock(exclusive=False) if lock else contextlib.nullcontext():
+    with repo.lock(defer_recheck=True) if lock else NoLock() as held:
         sid, sub, tree = _resolve(repo, snapshot_ref, hosts, paths, tags)
+        held.confirm()  # the snapshot and index were read while the lock's recheck waited
         report = restore_tree(
             repo,
             tree,
@@ -111,8 +112,9 @@ def verify_restored(
 ) -> RestoreResult:
     """Re-check an earlier restore of ``snapshot_ref`` in ``target`` against the snapshot
     (file contents by chunk hash, sizes) without writing anything."""
-    with repo.lock(exclusive=False) if lock else contextlib.nullcontext():
+    with repo.lock(defer_recheck=True) if lock else NoLock() as held:
         sid, sub, tree = _resolve(repo, snapshot_ref, hosts, paths, tags)
+        held.confirm()  # the snapshot and index were read while the lock's recheck waited
         report = verify_tree(
             repo,
             tree,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.poly1305 import Poly1305
@@ -38,12 +38,16 @@ class Key:
     encrypt: bytes
     mac_k: bytes
     mac_r: bytes
+    _aes: algorithms.AES = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.encrypt) != 32 or len(self.mac_k) != 16 or len(self.mac_r) != 16:
             raise ValueError("invalid key sizes")
         # Clamped once here rather than per MAC (a Python loop over 16 bytes per blob).
         object.__setattr__(self, "_r", clamp_r(self.mac_r))
+        # Built once: each blob needs a Cipher of its own (new IV), but the key object
+        # can be shared, which saves a quarter of the cost of building one (1.6 of 6.3 µs).
+        object.__setattr__(self, "_aes", algorithms.AES(self.encrypt))
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Key:
@@ -86,7 +90,7 @@ class Key:
         if n:
             # update_into needs 15 bytes of headroom past the plaintext; the MAC's 16 bytes
             # at the end of ``out`` provide it, so the ciphertext lands in place, no copy.
-            enc = Cipher(algorithms.AES(self.encrypt), modes.CTR(iv)).encryptor()
+            enc = Cipher(self._aes, modes.CTR(iv)).encryptor()
             enc.update_into(plaintext, view[IV_SIZE:])
         out[IV_SIZE + n :] = self._mac(iv, view[IV_SIZE : IV_SIZE + n])
         return out
@@ -103,7 +107,7 @@ class Key:
             raise IntegrityError("invalid all-zero IV")
         if not hmac.compare_digest(self._mac(iv, body), tag):
             raise IntegrityError("ciphertext verification failed")
-        dec = Cipher(algorithms.AES(self.encrypt), modes.CTR(iv)).decryptor()
+        dec = Cipher(self._aes, modes.CTR(iv)).decryptor()
         return dec.update(body) + dec.finalize()
 
 

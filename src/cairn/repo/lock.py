@@ -179,23 +179,59 @@ class Lock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
+        self._recheck: threading.Thread | None = None
+        self._recheck_error: BaseException | None = None
 
-    def acquire(self) -> Lock:
-        """Take the lock or raise RepositoryLockedError naming the holder."""
+    def acquire(self, *, defer_recheck: bool = False) -> Lock:
+        """Take the lock or raise RepositoryLockedError naming the holder.
+
+        Like restic, a second look for other locks follows RECHECK_DELAY after the lock
+        file is written, to catch a lock taken at the same moment. With ``defer_recheck``
+        that look runs in the background and :meth:`confirm` waits for it: the caller
+        reads (snapshots, index) meanwhile and must confirm before it changes anything."""
         self._raise_if_conflict(None)
         name = self.files.save(FileType.LOCK, LockInfo.current(self.exclusive).encode())
-        time.sleep(RECHECK_DELAY)
-        try:
-            self._raise_if_conflict(name)
-        except BaseException:
-            self._remove(name)
-            raise
-        self.name = name
+        if defer_recheck:
+            self.name = name
+            self._recheck = threading.Thread(
+                target=self._recheck_later, name="cairn-lock-recheck", daemon=True
+            )
+            self._recheck.start()
+        else:
+            time.sleep(RECHECK_DELAY)
+            try:
+                self._raise_if_conflict(name)
+            except BaseException:
+                self._remove(name)
+                raise
+            self.name = name
         self._thread = threading.Thread(
             target=self._refresher, name="cairn-lock-refresh", daemon=True
         )
         self._thread.start()
         return self
+
+    def _recheck_later(self) -> None:
+        if self._stop.wait(RECHECK_DELAY):
+            return  # released before the delay was over
+        try:
+            with self._mutex:
+                own = self.name
+            self._raise_if_conflict(own)
+        except BaseException as e:  # kept for confirm(), which raises it in the caller
+            self._recheck_error = e
+
+    def confirm(self) -> None:
+        """Wait for a deferred recheck; when it found another lock, release ours and raise
+        what it found. Does nothing after an immediate recheck or a second time."""
+        if self._recheck is None:
+            return
+        self._recheck.join()
+        self._recheck = None
+        error, self._recheck_error = self._recheck_error, None
+        if error is not None:
+            self.release()
+            raise error
 
     def _raise_if_conflict(self, own: str | None) -> None:
         hit = _conflict(self.files, self.exclusive, own)
@@ -232,8 +268,9 @@ class Lock:
     def release(self) -> None:
         """Stop refreshing and remove the lock file."""
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+        for thread in (self._thread, self._recheck):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join()
         with self._mutex:
             name, self.name = self.name, None
         if name is not None:
@@ -248,6 +285,8 @@ class Lock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if exc_type is None:
+            self.confirm()  # a conflict is never left unreported, even by a reader
         self.release()
 
 
@@ -264,3 +303,16 @@ def remove_stale_locks(files: FileStore, remove_all: bool = False) -> list[str]:
                 continue
             removed.append(name)
     return removed
+
+
+class NoLock:
+    """Stands in for a Lock under ``--no-lock``: the same ``with`` and ``confirm()``."""
+
+    def confirm(self) -> None:
+        return None
+
+    def __enter__(self) -> NoLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None

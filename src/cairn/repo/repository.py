@@ -462,10 +462,12 @@ class Repository:
 
     # --- locks ------------------------------------------------------------------------------
 
-    def lock(self, exclusive: bool = False) -> Lock:
+    def lock(self, exclusive: bool = False, *, defer_recheck: bool = False) -> Lock:
         """Take a shared or exclusive lock (restic's protocol); use ``with repo.lock():``.
-        It is refreshed in the background and removed on exit or :meth:`close`."""
-        lk = Lock(self.files, exclusive).acquire()
+        It is refreshed in the background and removed on exit or :meth:`close`. With
+        ``defer_recheck`` the caller must call the lock's ``confirm()`` before it writes
+        (see :meth:`Lock.acquire`)."""
+        lk = Lock(self.files, exclusive).acquire(defer_recheck=defer_recheck)
         self._locks = [held for held in self._locks if held.name is not None]
         self._locks.append(lk)
         return lk
