@@ -46,6 +46,10 @@ class LocalBackend(Backend):
     def _path(self, handle: Handle) -> Path:
         return self.root / handle.relpath()
 
+    def local_path(self, handle: Handle) -> Path:
+        """Where the file lives, for a reader that streams it instead of loading it."""
+        return self._path(handle)
+
     def create(self) -> None:
         if (self.root / "config").exists():
             raise AlreadyExistsError(f"{self.location}: a repository already exists here")

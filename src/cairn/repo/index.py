@@ -149,6 +149,28 @@ class MasterIndex:
             blobs.sort(key=lambda b: b.offset)
         return out
 
+    def records_by_pack(self) -> dict[bytes, array[int]]:
+        """Record numbers grouped by pack: 4 bytes a blob where :meth:`by_pack` builds an
+        object of ~150 (15 MB for 100,000 blobs); :meth:`blobs_at` turns one pack's into
+        blobs when it is its turn."""
+        packs = self._packs
+        rest = self._rest
+        out: dict[bytes, array[int]] = {}
+        for r in range(self._count):
+            packword = int.from_bytes(rest[r * _REC_SIZE + 24 : r * _REC_SIZE + 28], "little")
+            pack_id = packs[packword & ~_TYPE_BIT]
+            records = out.get(pack_id)
+            if records is None:
+                records = out[pack_id] = array("I")
+            records.append(r)
+        return out
+
+    def blobs_at(self, records: Iterable[int]) -> list[PackedBlob]:
+        """The blobs of these record numbers, sorted by offset."""
+        blobs = [self._blob(r) for r in records]
+        blobs.sort(key=lambda b: b.offset)
+        return blobs
+
     # --- writing --------------------------------------------------------------
 
     def add(self, blobs: Iterable[PackedBlob]) -> None:

@@ -8,7 +8,7 @@ trees, snapshots and locks. It prints nothing and keeps no global state; every f
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -242,9 +242,16 @@ class Repository:
         if self._saver is not None:
             self._saver.index = index
 
-    def load_index(self) -> None:
+    def load_index(
+        self,
+        *,
+        on_error: Callable[[str, CairnError], None] | None = None,
+        on_loaded: Callable[[int, int], None] | None = None,
+    ) -> None:
         """Load every index file (in parallel) into :attr:`index`. Safe to call again:
-        copies already known are not added twice."""
+        copies already known are not added twice. With ``on_error`` a file that cannot
+        be loaded is reported to it (by name) and the others still load; ``on_loaded``
+        hears (files done, files in all)."""
         names = [fi.name for fi in self.backend.list(FileType.INDEX)]
         if not names:
             return
@@ -267,13 +274,19 @@ class Repository:
                         for pack_id, entries in packs:
                             self.index.add_pack(pack_id, entries)
                         del packs
-                except IntegrityError as e:
-                    raise type(e)(f"index/{name[:8]}: {e}") from e
+                except CairnError as e:
+                    if on_error is not None:
+                        on_error(name, e)
+                    elif isinstance(e, IntegrityError):
+                        raise type(e)(f"index/{name[:8]}: {e}") from e
+                    else:
+                        raise
 
         workers = min(len(names), max(4, 2 * self.backend.connections))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cairn-index") as pool:
-            for _ in pool.map(load, names):
-                pass
+            for i, _ in enumerate(pool.map(load, names)):
+                if on_loaded is not None:
+                    on_loaded(i + 1, len(names))
 
     # --- blobs ----------------------------------------------------------------------------
 
