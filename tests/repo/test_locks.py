@@ -215,3 +215,32 @@ def _dead_pid() -> int:
         except PermissionError:
             pass
         pid -= 1
+
+
+def test_backup_writes_nothing_when_a_lock_appears_during_the_recheck(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backup walks during the recheck delay, but its first write waits for the
+    recheck: with an exclusive lock taken at the same moment (restic's prune, say), no
+    pack, index or snapshot lands, and our lock is removed."""
+    from cairn.ops.backup import BackupOptions, backup
+
+    repo = new_repo(tmp_path / "r")
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i}").write_bytes(os.urandom(50_000))
+    real_acquire = Lock.acquire
+
+    def racing_acquire(self: Lock, **kw: bool) -> Lock:
+        held = real_acquire(self, **kw)
+        foreign_lock(repo, exclusive=True)  # inside the 0.2 s recheck delay
+        return held
+
+    monkeypatch.setattr(Lock, "acquire", racing_acquire)
+    with pytest.raises(RepositoryLockedError):
+        backup(repo, [str(src)], BackupOptions())
+    repo.close()
+    for kind in (FileType.PACK, FileType.INDEX, FileType.SNAPSHOT):
+        assert list(repo.backend.list(kind)) == [], kind
+    assert [i.hostname for _, i in iter_locks(repo.files) if i] == ["other-host"]

@@ -7,7 +7,7 @@ import getpass
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -23,7 +23,7 @@ from cairn.chunker import Chunker
 from cairn.errors import CairnError, Interrupted, SnapshotNotFoundError, UsageError
 from cairn.repo.gojson import format_time
 from cairn.repo.ids import BlobType, blob_id
-from cairn.repo.lock import NoLock
+from cairn.repo.lock import Lock, NoLock
 from cairn.repo.node import GoTime, Node
 from cairn.repo.repository import Repository
 from cairn.repo.snapshot import Snapshot
@@ -200,9 +200,8 @@ def backup(
     if scan and progress is not None:
         progress.scanner = Scanner(layout, selector).start()
     try:
-        with repo.lock(defer_recheck=True) if lock else NoLock() as held:
-            repo.load_index()  # read while restic's lock recheck delay runs
-            held.confirm()
+        with repo.lock(defer_recheck=True) if lock else NoLock() as held, _gated(repo, held):
+            repo.load_index()
             # Packs a killed backup uploaded without an index: index them, do not upload again.
             repo.index_orphan_packs(write=not opts.dry_run)
             parent = None if opts.force else find_parent(repo, host, paths, opts.parent, start_time)
@@ -284,9 +283,8 @@ def backup_stdin(
     t = opts.time or now_gotime()
     host = opts.host or socket.gethostname()
     stats = BackupStats()
-    with repo.lock(defer_recheck=True) if lock else NoLock() as held:
-        repo.load_index()  # read while restic's lock recheck delay runs
-        held.confirm()
+    with repo.lock(defer_recheck=True) if lock else NoLock() as held, _gated(repo, held):
+        repo.load_index()
         # Packs a killed backup uploaded without an index: index them, do not upload again.
         repo.index_orphan_packs(write=not opts.dry_run)
         chunker = Chunker(repo.config.chunker_polynomial)
@@ -336,3 +334,15 @@ def backup_stdin(
         duration=time.monotonic() - started,
         dry_run=opts.dry_run,
     )
+
+
+@contextlib.contextmanager
+def _gated(repo: Repository, held: Lock | NoLock) -> Iterator[None]:
+    """The lock's recheck (restic's 0.2 s wait for a lock taken at the same moment) runs
+    while the backup loads the index and walks: the first write waits for it instead
+    (measured: a no-change backup of a few big files 0.2 s shorter)."""
+    repo.write_gate = held.confirm
+    try:
+        yield
+    finally:
+        repo.write_gate = None

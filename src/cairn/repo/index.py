@@ -55,6 +55,11 @@ _TYPE_BIT = 1 << 31
 _MAX_LOAD = 0.75
 
 
+def _exact(blob_id: bytes) -> bytes | None:
+    """The caller's ID object when a blob may keep it (immutable bytes, not a view)."""
+    return blob_id if type(blob_id) is bytes else None
+
+
 def _key(blob_id: bytes) -> int:
     return int.from_bytes(blob_id[:8], "little")
 
@@ -98,9 +103,12 @@ class MasterIndex:
                         return found
             i = (i + 1) & mask
 
-    def _blob(self, r: int) -> PackedBlob:
+    def _blob(self, r: int, bid: bytes | None = None) -> PackedBlob:
+        """Record ``r`` as a blob; ``bid``, when the caller has the ID at hand, is used
+        instead of a new copy (a restore plan keeps one blob per chunk of every file)."""
         tail, packword, offset, length, ulen = _REC.unpack_from(self._rest, r * _REC_SIZE)
-        bid = self._prefix[r].to_bytes(8, "little") + tail
+        if bid is None:
+            bid = self._prefix[r].to_bytes(8, "little") + tail
         return PackedBlob(
             BlobType(packword >> 31), bid, self._packs[packword & ~_TYPE_BIT], offset, length, ulen
         )
@@ -108,11 +116,12 @@ class MasterIndex:
     def lookup(self, t: BlobType, blob_id: bytes) -> PackedBlob | None:
         """One stored copy of the blob, or None."""
         found = self._records(t, blob_id, True)
-        return self._blob(found[0]) if found else None
+        return self._blob(found[0], _exact(blob_id)) if found else None
 
     def lookup_all(self, t: BlobType, blob_id: bytes) -> list[PackedBlob]:
         """Every stored copy of the blob (several after interrupted or concurrent writes)."""
-        return [self._blob(r) for r in self._records(t, blob_id)]
+        bid = _exact(blob_id)
+        return [self._blob(r, bid) for r in self._records(t, blob_id)]
 
     def has(self, t: BlobType, blob_id: bytes) -> bool:
         return bool(self._records(t, blob_id, True))

@@ -181,6 +181,7 @@ class Lock:
         self._mutex = threading.Lock()
         self._recheck: threading.Thread | None = None
         self._recheck_error: BaseException | None = None
+        self._conflict: BaseException | None = None
 
     def acquire(self, *, defer_recheck: bool = False) -> Lock:
         """Take the lock or raise RepositoryLockedError naming the holder.
@@ -223,15 +224,16 @@ class Lock:
 
     def confirm(self) -> None:
         """Wait for a deferred recheck; when it found another lock, release ours and raise
-        what it found. Does nothing after an immediate recheck or a second time."""
-        if self._recheck is None:
-            return
-        self._recheck.join()
-        self._recheck = None
-        error, self._recheck_error = self._recheck_error, None
-        if error is not None:
-            self.release()
-            raise error
+        what it found, then and on every later call (a caller that goes on after the first
+        error must still not write). Does nothing after an immediate recheck."""
+        if self._recheck is not None:
+            self._recheck.join()
+            self._recheck = None
+            if self._recheck_error is not None:
+                self._conflict = self._recheck_error
+                self.release()
+        if self._conflict is not None:
+            raise self._conflict
 
     def _raise_if_conflict(self, own: str | None) -> None:
         hit = _conflict(self.files, self.exclusive, own)

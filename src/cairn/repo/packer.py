@@ -17,7 +17,7 @@ import mmap
 import queue
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import BinaryIO, cast
 
 from cairn.backend.base import Backend, FileType, Handle
@@ -78,6 +78,7 @@ class BlobSaver:
         version: int,
         compression: str = "auto",
         pack_size: int = DEFAULT_PACK_SIZE,
+        gate: Callable[[], None] | None = None,
     ) -> None:
         if compression != "off" and compression not in LEVELS:
             raise ValueError(f"unknown compression mode {compression!r}")
@@ -88,6 +89,8 @@ class BlobSaver:
         self.version = version
         self.compression = compression
         self.pack_size = pack_size
+        #: called before anything is written (see Repository.write_gate)
+        self.gate = gate
         self._lock = threading.Lock()
         self._open: dict[BlobType, _Pack] = {}
         self._pending: set[tuple[int, bytes]] = set()
@@ -259,6 +262,8 @@ class BlobSaver:
                 self._queue.task_done()
 
     def _upload(self, pack: _Pack) -> None:
+        if self.gate is not None:
+            self.gate()
         pack.write(seal_header(self.key, bytes(pack.header)))
         pack.file.flush()
         # Mapped, not read into a buffer: its pages are the page cache's, held only while
@@ -287,6 +292,8 @@ class BlobSaver:
         with self._index_lock:
             if not self._unsaved or (not force and self._unsaved_count < INDEX_FILE_BLOBS):
                 return
+            if self.gate is not None:
+                self.gate()
             batch, self._unsaved, self._unsaved_count = self._unsaved, [], 0
             try:
                 self.files.save(FileType.INDEX, encode_index(_as_blobs(batch)))

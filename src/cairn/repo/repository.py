@@ -94,6 +94,10 @@ class Repository:
         self.compression = compression
         self._pack_size = pack_size
         self._saver: BlobSaver | None = None
+        #: Called before anything is written (packs, index files, snapshots): a lock taken
+        #: with ``defer_recheck`` puts its ``confirm`` here, so reading and walking go on
+        #: during restic's 0.2 s recheck delay and only the first write waits for it.
+        self.write_gate: Callable[[], None] | None = None
         self._saver_lock = threading.Lock()
         self._locks: list[Lock] = []
         self._cached: CachedBackend | None = None
@@ -224,8 +228,14 @@ class Repository:
         """Decrypt (and decompress) a snapshot/index/lock file; checks its name."""
         return self.files.load(t, name)
 
+    def _gate(self) -> None:
+        gate = self.write_gate
+        if gate is not None:
+            gate()
+
     def save_file(self, t: FileType, plaintext: bytes) -> str:
         """Compress (v2), seal and store a JSON file; returns its name."""
+        self._gate()
         return self.files.save(t, plaintext)
 
     # --- index ----------------------------------------------------------------------------
@@ -387,6 +397,7 @@ class Repository:
     ) -> None:
         # The index file first: the packs exist (saves are atomic), so it may name them.
         if write:
+            self._gate()
             found.index_files.append(self.files.save(FileType.INDEX, encode_index(batch)))
         for _, blobs in batch:
             self.index.add(blobs)
@@ -406,6 +417,7 @@ class Repository:
                         version=self.config.version,
                         compression=self._compression,
                         pack_size=self._pack_size,
+                        gate=self._gate,
                     )
                 saver = self._saver
         return saver
@@ -457,6 +469,7 @@ class Repository:
         """Store a snapshot, after flushing pending blobs and their index (never a
         snapshot before its trees and index). Returns its ID."""
         self.flush()
+        self._gate()
         return self.files.save(FileType.SNAPSHOT, snap.encode())
 
     def find_snapshot(

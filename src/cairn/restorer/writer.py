@@ -51,11 +51,19 @@ class _Use:
     offset: int
 
 
+#: where a blob goes: one place, or a list of them (a chunk that several files share)
+_Uses = _Use | list[_Use]
+
+
+def _each(uses: _Uses) -> list[_Use]:
+    return uses if isinstance(uses, list) else [uses]
+
+
 @dataclass(slots=True)
 class _PackWork:
     pack_id: bytes
     blobs: list[PackedBlob]
-    uses: dict[bytes, list[_Use]]
+    uses: dict[bytes, _Uses]
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
@@ -211,11 +219,15 @@ class ContentWriter:
                     work = packs.get(pb.pack_id)
                     if work is None:
                         work = packs[pb.pack_id] = _PackWork(pb.pack_id, [], {})
+                    use = _Use(f, offset)
                     uses = work.uses.get(bid)
                     if uses is None:
-                        uses = work.uses[bid] = []
+                        work.uses[bid] = use  # most blobs have one use: no list for them
                         work.blobs.append(pb)
-                    uses.append(_Use(f, offset))
+                    elif isinstance(uses, list):
+                        uses.append(use)
+                    else:
+                        work.uses[bid] = [uses, use]
                     count += 1
                 offset += length
             if offset != node.size and f not in self.failed:
@@ -265,7 +277,7 @@ class ContentWriter:
         total = sum(self._sizes)
         for w in work:
             for b in w.blobs:
-                total -= b.plaintext_length * len(w.uses[b.id])
+                total -= b.plaintext_length * len(_each(w.uses[b.id]))
         return total
 
     def _worker(self, jobs: queue.SimpleQueue[_PackWork | None]) -> None:
@@ -279,11 +291,11 @@ class ContentWriter:
             except Exception as e:  # noqa: BLE001 - a failing pack only fails its files
                 msg = f"pack {w.pack_id.hex()[:16]}: {e or type(e).__name__}"
                 for uses in pending.values():
-                    for u in uses:
+                    for u in _each(uses):
                         self._fail(u.file, f"{os.fsdecode(self.paths[u.file])}: {msg}")
                 self._done_uses(_count_uses(pending.values()), 0)
 
-    def _restore_pack(self, w: _PackWork, pending: dict[bytes, list[_Use]]) -> None:
+    def _restore_pack(self, w: _PackWork, pending: dict[bytes, _Uses]) -> None:
         """Write the blobs of one pack; ``pending`` loses each blob as it is handled.
 
         A file's descriptor is closed after its last blob in this pack: one pack can hold
@@ -293,9 +305,10 @@ class ContentWriter:
         left = _count_uses(w.uses.values())
         try:
             for pb, result in self.repo.read_pack_blobs(w.pack_id, w.blobs):
-                uses = pending.pop(pb.id, None)
-                if uses is None:
+                found = pending.pop(pb.id, None)
+                if found is None:
                     continue
+                uses = _each(found)
                 data = result if isinstance(result, bytes) else self._other_copy(pb, result)
                 if isinstance(data, CairnError):
                     for u in uses:
@@ -357,9 +370,9 @@ class ContentWriter:
             return error
 
 
-def _count_uses(use_lists: Iterable[list[_Use]]) -> dict[int, int]:
+def _count_uses(use_lists: Iterable[_Uses]) -> dict[int, int]:
     counts: dict[int, int] = {}
     for uses in use_lists:
-        for u in uses:
+        for u in _each(uses):
             counts[u.file] = counts.get(u.file, 0) + 1
     return counts
