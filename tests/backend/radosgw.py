@@ -128,6 +128,8 @@ class _Cluster:
         self.root = root
         self.conf = root / "ceph.conf"
         self.procs: list[subprocess.Popen[bytes]] = []
+        self._osd_args: tuple[str, ...] = ()
+        self._osd: subprocess.Popen[bytes] | None = None
         self.mon_port = free_port()
         self.rgw_port = free_port()
         (root / "run").mkdir()
@@ -152,7 +154,7 @@ class _Cluster:
             raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}: " + "\n".join(out[:20]))
         return proc.stdout.decode()
 
-    def _daemon(self, *args: str) -> None:
+    def _daemon(self, *args: str) -> subprocess.Popen[bytes]:
         # -f keeps each daemon in the foreground, so its PID is the Popen's and killing it
         # by PID afterwards is exact.
         log = open(self.root / "log" / f"{args[0]}.out", "wb")  # noqa: SIM115 - lives with proc
@@ -167,6 +169,7 @@ class _Cluster:
             )
         )
         log.close()
+        return self.procs[-1]
 
     def start(self, timeout: float = 120) -> None:
         c = str(self.conf)
@@ -189,7 +192,8 @@ class _Cluster:
         osd_id = osd_id.strip()
         (d / f"osd{osd_id}").mkdir()  # memstore keeps its fsid and superblock files here
         self._run("ceph-osd", "-c", c, "-i", osd_id, "--mkfs", "--osd-uuid", osd_uuid)
-        self._daemon("ceph-osd", "-c", c, "-i", osd_id)
+        self._osd_args = ("ceph-osd", "-c", c, "-i", osd_id)
+        self._osd = self._daemon(*self._osd_args)
         self._daemon("radosgw", "-c", c, "-n", "client.rgw.a")
         self._wait_http(timeout)
         self._run(
@@ -200,10 +204,21 @@ class _Cluster:
     def _wait_http(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         http = urllib3.PoolManager(retries=False, timeout=2.0)
+        osd_restarts = 0
         while True:
-            for p in self.procs:
-                if p.poll() is not None:
-                    raise RuntimeError(f"{p.args!r} exited {p.returncode}")
+            for i, p in enumerate(self.procs):
+                if p.poll() is None:
+                    continue
+                if p is self._osd and osd_restarts < 3:
+                    # Ceph's own race: a booting OSD may send its first command before
+                    # its monitor client has the monmap, with a zero fsid, and exit on the
+                    # refusal ("wrong fsid"; seen 3 times in a row on a loaded machine).
+                    # Its data is made; starting the daemon again is all it takes.
+                    osd_restarts += 1
+                    self.procs.pop(i)
+                    self._osd = self._daemon(*self._osd_args)
+                    break
+                raise RuntimeError(f"{p.args!r} exited {p.returncode}")
             try:
                 http.request("GET", f"http://127.0.0.1:{self.rgw_port}/")
                 return
