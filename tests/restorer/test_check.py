@@ -178,3 +178,19 @@ def test_predicted_pack_size_matches_fixture_pack(fixture_repo: Any) -> None:
         repo.close()
     for pack_id, blobs in by_pack.items():
         assert predicted_pack_size(blobs) == _pack_path(path, pack_id.hex()).stat().st_size
+
+
+def test_truncated_pack_is_reported_not_raised(fixture_repo: Any, readers: list[int]) -> None:
+    """A pack cut to 2 bytes: the streaming reader reports it as damaged (no exception)."""
+    path = fixture_repo("v2")
+    pack = _pack_path(path, STDIN_TREE_PACK)
+    pack.write_bytes(pack.read_bytes()[:2])
+    repo = open_repo(path)
+    try:
+        result = check(repo, read_data=True)
+    finally:
+        repo.close()
+    damaged = [e for e in result.errors if e.kind == "pack-damaged"]
+    assert any("too small for a pack" in e.message for e in damaged)
+    assert all(e.pack == STDIN_TREE_PACK for e in damaged)
+    assert any(e.kind == "pack-size" for e in result.errors)

@@ -340,7 +340,8 @@ def backup_stdin(
 def _gated(repo: Repository, held: Lock | NoLock) -> Iterator[None]:
     """The lock's recheck (restic's 0.2 s wait for a lock taken at the same moment) runs
     while the backup loads the index and walks: the first write waits for it instead
-    (measured: a no-change backup of a few big files 0.2 s shorter)."""
+    (measured: no-change of 100k files 1.73 -> 1.63 s cold; a walk shorter than the
+    delay, as for a few big files, gains nothing: the snapshot waits)."""
     repo.write_gate = held.confirm
     try:
         yield

@@ -42,7 +42,7 @@ from cairn.repo.ids import BlobType
 from cairn.repo.index import PackedBlob
 from cairn.repo.lock import NoLock
 from cairn.repo.node import Node
-from cairn.repo.pack import COMPRESSED_ENTRY, PLAIN_ENTRY, open_blob, parse_header
+from cairn.repo.pack import COMPRESSED_ENTRY, PLAIN_ENTRY, open_blob, open_header
 from cairn.repo.repository import Repository
 from cairn.repo.snapshot import Snapshot
 from cairn.repo.tree import decode_tree
@@ -185,7 +185,7 @@ class _PackOutcome:
 
 #: fewer packs than this are read by threads: forking costs more than it saves
 _FORK_MIN_PACKS = 4
-#: the checker and its packs' index entries, for the forked readers (set around the fork)
+#: the checker, for the forked readers (set around the fork, which they inherit it from)
 _FORKED: _Checker | None = None
 
 
@@ -576,18 +576,7 @@ class _Checker:
             return CairnError(str(e))  # the base class pickles from a forked reader
 
     def _parse_header(self, pack_id: bytes, pack: PackScan) -> list[PackedBlob]:
-        sealed = pack.header_bytes()
-        try:
-            plain = self.repo.key.open(sealed)
-        except IntegrityError as e:
-            raise IntegrityError(f"header is damaged: {e}") from e
-        header = parse_header(plain, pack_id)
-        end = sum(b.length for b in header)
-        if end + len(sealed) + 4 != pack.size:
-            raise IntegrityError(
-                f"header describes {end + len(sealed) + 4} bytes, the file has {pack.size}"
-            )
-        return header
+        return open_header(self.repo.key, pack.header_bytes(), pack_id, pack.size)
 
     # --- who depends on what ----------------------------------------------------------
 

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
 from pathlib import Path
 from typing import Protocol
 
 from cairn.errors import BackendError, IntegrityError
-from cairn.repo.crypto import OVERHEAD
-from cairn.repo.pack import MAX_HEADER
+from cairn.repo.pack import header_length
 
 #: reads of a local pack go through a buffer this large (blobs average a few KiB)
 _BUFFER = 1 << 20
@@ -26,7 +24,7 @@ class PackScan(Protocol):
     size: int
 
     def header_bytes(self) -> memoryview:
-        """The sealed header (IntegrityError when the length field is impossible)."""
+        """The sealed header (FormatError when the length field is impossible)."""
         ...
 
     def blob(self, offset: int, length: int) -> bytes | memoryview:
@@ -40,15 +38,6 @@ class PackScan(Protocol):
     def close(self) -> None: ...
 
 
-def header_length(size: int, last4: bytes) -> int:
-    if size < 4:
-        raise IntegrityError(f"{size} bytes is too small for a pack")
-    (hlen,) = struct.unpack("<I", last4)
-    if hlen < OVERHEAD or hlen > MAX_HEADER or hlen + 4 > size:
-        raise IntegrityError(f"invalid header length {hlen} for a {size}-byte pack")
-    return int(hlen)
-
-
 class PackInMemory:
     """A pack already loaded whole."""
 
@@ -58,7 +47,7 @@ class PackInMemory:
         self.size = len(data)
 
     def header_bytes(self) -> memoryview:
-        hlen = header_length(self.size, bytes(self.view[max(0, self.size - 4) :]))
+        hlen = header_length(self.size, self.view[max(0, self.size - 4) :])
         return self.view[self.size - 4 - hlen : self.size - 4]
 
     def blob(self, offset: int, length: int) -> memoryview:
@@ -106,7 +95,7 @@ class PackFile:
             # pread: the sequential pass (and its hash) stays at the front of the file
             try:
                 fd = self.file.fileno()
-                last4 = _pread(fd, 4, max(0, self.size - 4))
+                last4 = _pread(fd, 4, self.size - 4) if self.size >= 4 else b""
                 hlen = header_length(self.size, last4)
                 self._header = _pread(fd, hlen, self.size - 4 - hlen)
             except OSError as e:
@@ -115,7 +104,7 @@ class PackFile:
 
     def blob(self, offset: int, length: int) -> bytes:
         if offset != self.pos:
-            self._skip_to(offset)  # header entries are contiguous: only after a damaged one
+            self._skip_to(offset)  # parse_header makes entries contiguous: not expected
             if offset != self.pos:
                 raise IntegrityError(f"blob at offset {offset} overlaps the one before it")
         return self._read(length)

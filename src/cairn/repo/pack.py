@@ -83,28 +83,45 @@ def read_header(
     Raises IntegrityError (or FormatError) when the trailer, MAC or entries are invalid,
     or when the entries do not add up to the file size."""
     handle = Handle(FileType.PACK, pack_id.hex())
+    where = f"{handle}: "
     if size is None:
         size = backend.stat(handle)
     if size < MIN_PACK:
-        raise FormatError(f"{handle}: {size} bytes is too small for a pack")
+        raise FormatError(f"{where}{size} bytes is too small for a pack")
     tail_len = min(size, _SPECULATIVE_TAIL)
     tail = backend.load(handle, size - tail_len, tail_len)
-    (hlen,) = _LE32.unpack_from(tail, tail_len - 4)
-    if hlen < OVERHEAD or hlen > MAX_HEADER or hlen + 4 > size:
-        raise FormatError(f"{handle}: invalid header length {hlen} for a {size}-byte pack")
+    hlen = header_length(size, memoryview(tail)[tail_len - 4 :], where)
     if hlen + 4 <= tail_len:
         sealed: bytes | memoryview = memoryview(tail)[tail_len - 4 - hlen : tail_len - 4]
     else:
         sealed = backend.load(handle, size - 4 - hlen, hlen)
+    return open_header(key, sealed, pack_id, size, where)
+
+
+def header_length(size: int, last4: bytes | memoryview, where: str = "") -> int:
+    """The sealed header's length from a pack's last 4 bytes; FormatError when it cannot
+    be right for a file of ``size`` bytes."""
+    if size < 4 or len(last4) != 4:
+        raise FormatError(f"{where}{size} bytes is too small for a pack")
+    (hlen,) = _LE32.unpack_from(last4)
+    if hlen < OVERHEAD or hlen > MAX_HEADER or hlen + 4 > size:
+        raise FormatError(f"{where}invalid header length {hlen} for a {size}-byte pack")
+    return int(hlen)
+
+
+def open_header(
+    key: Key, sealed: bytes | memoryview, pack_id: bytes, size: int, where: str = ""
+) -> list[PackedBlob]:
+    """Decrypt and parse a sealed header; its entries must add up to the file's ``size``."""
     try:
         plain = key.open(sealed)
     except IntegrityError as e:
-        raise IntegrityError(f"{handle}: header is damaged: {e}") from e
+        raise IntegrityError(f"{where}header is damaged: {e}") from e
     blobs = parse_header(plain, pack_id)
     data_end = sum(b.length for b in blobs)
-    if data_end + hlen + 4 != size:
+    if data_end + len(sealed) + 4 != size:
         raise FormatError(
-            f"{handle}: header describes {data_end + hlen + 4} bytes, the file has {size}"
+            f"{where}header describes {data_end + len(sealed) + 4} bytes, the file has {size}"
         )
     return blobs
 
