@@ -55,8 +55,16 @@ class FaultyBackend(Backend):
                 fate = "before" if self._rng.random() < 0.5 else "after"
             else:
                 return None
-            self.injected[fate] += 1
+            if fate != "after":
+                # an "after" fault is counted where it is raised: when the request itself
+                # fails (a retried save that finds its file, a retried remove that finds
+                # none) the fault never happens, and nothing would report it
+                self.injected[fate] += 1
             return fate
+
+    def _count(self, fate: str) -> None:
+        with self._lock:
+            self.injected[fate] += 1
 
     def _run(self, what: str, fn: Callable[[], T]) -> T:
         fate = self._roll()
@@ -67,6 +75,7 @@ class FaultyBackend(Backend):
             raise TransientBackendError(f"injected fault before {what}")
         result = fn()
         if fate == "after":
+            self._count("after")
             raise TransientBackendError(f"injected fault after {what} (it was done)")
         return result
 
@@ -97,6 +106,7 @@ class FaultyBackend(Backend):
             # break off after yielding about half of the entries
             entries = list(items)
             with self._lock:
+                self.injected["after"] += 1
                 self.injected["list"] += 1
             yield from entries[: len(entries) // 2]
             raise TransientBackendError(f"injected fault in the middle of list {file_type}")

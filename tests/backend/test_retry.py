@@ -250,3 +250,18 @@ def test_many_operations_survive_a_third_of_requests_failing(local: LocalBackend
         rb.remove(h)
     assert list(rb.list(FileType.PACK)) == []
     assert faulty.injected["before"] > 20 and faulty.injected["after"] > 20
+
+
+def test_fault_counts_match_logged_retries_when_a_retry_finds_its_work_done(
+    local: LocalBackend,
+) -> None:
+    """A save that failed after storing its file is retried; if the retry is also dealt an
+    "after" fault, the inner save answers AlreadyExists first and that fault never happens.
+    FaultyBackend must not count it: the fault tests compare its counts with the log."""
+    faulty = FaultyBackend(local)
+    fates = iter(["after", "after", None])
+    faulty._roll = lambda: next(fates)  # type: ignore[method-assign]
+    lines: list[RetryEvent] = []
+    rb = RetryBackend(faulty, base_delay=0.0001, log=lines.append)
+    rb.save(Handle(FileType.PACK, new_id()), b"data")
+    assert faulty.injected["after"] == len(lines) == 1
