@@ -43,7 +43,7 @@ def readers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
         pools.append(workers)
         return real(workers, **kw)
 
-    monkeypatch.setattr("cairn.ops.check.ProcessPoolExecutor", spy)
+    monkeypatch.setattr("cairn.forking.ProcessPoolExecutor", spy)
     if forked:
         pools.append(0)  # marks the mode; a started pool adds its size after it
     return pools
@@ -67,7 +67,7 @@ def test_fixtures_pass(fixture_repo: Any, name: str, read_data: bool, readers: s
     assert result.trees > 0
     assert result.packs_read == (n_packs if read_data else 0)
     # forked readers are used exactly when asked for, and only to read data
-    cores = check_module._cores()
+    cores = check_module.cores()
     assert readers == ([0, cores] if readers and read_data and cores > 1 else readers[:1])
     assert {p.phase for p in seen} >= {"snapshots", "index", "packs", "trees"}
     assert not list((path / "locks").iterdir())  # the exclusive lock is gone again

@@ -15,6 +15,7 @@ waits at directory boundaries.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import stat
 import threading
@@ -23,12 +24,22 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from cairn.archiver.dirsig import DirRecord, DirRecords, directory_signature, entry_signature
-from cairn.archiver.fsmeta import go_time, group_name, node_from_stat, user_name
+from cairn.archiver.encoders import BATCH_BYTES, BATCH_FILES, MAX_FILE, EncodedFile, Encoders
+from cairn.archiver.fileio import open_regular, read_small
+from cairn.archiver.fsmeta import (
+    XATTRS_UNREAD,
+    go_time,
+    group_name,
+    node_from_stat,
+    read_xattrs,
+    user_name,
+)
 from cairn.archiver.scanner import Scanner
 from cairn.archiver.select import Selector
 from cairn.archiver.targets import Target, VirtualDir
 from cairn.chunker import Chunker
 from cairn.errors import CairnError, Interrupted
+from cairn.forking import cores, fork_available
 from cairn.repo.ids import BlobType, blob_id
 from cairn.repo.node import Node, go_mode
 from cairn.repo.repository import Repository
@@ -143,6 +154,9 @@ WarnFn = Callable[[str], None]
 _FileJob = tuple[_DirJob, Node, bytes, bool]
 #: At most this many small files go to a reader thread at once.
 _BATCH_FILES = 16
+#: Unless asked for, encoder processes are forked once this many files could use them: a
+#: backup that reads a few files is done before forking would pay off.
+_FORK_AFTER_FILES = 256
 
 
 class Archiver:
@@ -163,6 +177,7 @@ class Archiver:
         records: DirRecords | None = None,
         report_unchanged: bool = True,
         signatures: dict[bytes, bytes] | None = None,
+        encoder_processes: int | None = None,
     ) -> None:
         self.repo = repo
         self.selector = selector
@@ -200,6 +215,19 @@ class Archiver:
         self._records_lock = threading.Lock()
         #: Listing signatures computed ahead of the walk (archiver/prefetch.py), by path.
         self._signatures = signatures
+        self._encoders = self._make_encoders(encoder_processes)
+        #: Files an encoder may take, counted until the pool is worth forking.
+        self._encodable = 0
+        self._encode_after = _FORK_AFTER_FILES if encoder_processes is None else 0
+
+    def _make_encoders(self, processes: int | None) -> Encoders | None:
+        """Forked encoders (archiver/encoders.py), one per core by default; none for a dry
+        run (nothing is sealed) or where fork() is missing or one core is all there is."""
+        if self.dry_run or processes == 0 or (processes is None and not fork_available()):
+            return None
+        return Encoders(
+            self.repo.blob_sealer(), self.repo.index, self.chunker, processes or cores()
+        )
 
     # -- public -------------------------------------------------------------
 
@@ -219,6 +247,8 @@ class Archiver:
                 self._check()
             self._check()
         finally:
+            if self._encoders is not None:
+                self._encoders.shutdown(cancel=True)
             self._readers.shutdown(wait=True, cancel_futures=True)
             self._blobs.shutdown(wait=True, cancel_futures=True)
         assert self._root_tree is not None
@@ -333,6 +363,7 @@ class Archiver:
                 return
         old = job.old_nodes = self._parent_nodes(parent_tree)
         batch: list[_FileJob] = []
+        batch_files = _BATCH_FILES if self._encoders is None else BATCH_FILES
         for name, epath, st in listing:
             if self.selector.excluded(epath, st, target_dev):
                 continue
@@ -340,11 +371,17 @@ class Archiver:
             if old_node is not None and self._reusable(old_node, st):
                 self._keep_unchanged(job, old_node, epath)
                 continue
-            node, warning = node_from_stat(name, epath, st)
+            # A regular file's extended attributes are read where it is opened (or, if it
+            # is unchanged, in _add_entry): listxattr by path from this thread cost a GIL
+            # hand-off per file, a fifth of the walk's time with encoders busy.
+            regular = stat.S_ISREG(st.st_mode)
+            node, warning = node_from_stat(name, epath, st, xattrs=not regular)
+            if regular:
+                node.extended_attributes = XATTRS_UNREAD
             if warning:
                 self._warn(f"{os.fsdecode(epath)}: {warning}")
             self._add_entry(job, node, epath, st, old_node, target_dev, stack, batch)
-            if len(batch) >= _BATCH_FILES:
+            if len(batch) >= batch_files or sum(n.size for _, n, _, _ in batch) >= BATCH_BYTES:
                 self._submit(batch)
                 batch = []
         if batch:
@@ -414,6 +451,8 @@ class Archiver:
             return
         if old_node is not None and self._unchanged(node, old_node):
             node.content = list(old_node.content or [])
+            if node.extended_attributes is XATTRS_UNREAD:
+                self._read_xattrs(node, path, path)
             self._keep_unchanged(job, node, path)
             return
         with self._stats_lock:
@@ -430,9 +469,70 @@ class Archiver:
 
     def _submit(self, batch: list[_FileJob]) -> None:
         """Hand files to the readers: small files of one directory go in batches, since
-        waking a reader thread for each cost more than reading a small file."""
+        waking a reader thread for each cost more than reading a small file. Files an
+        encoder process may take go there instead (once enough were seen to be worth it)."""
+        if self._encoders is not None and all(
+            node.links <= 1 and node.size < MAX_FILE for _, node, _, _ in batch
+        ):
+            self._encodable += len(batch)
+            if self._encodable > self._encode_after:
+                self._submit_encoded(batch)
+                return
         self._files_in_flight.acquire()
         self._readers.submit(self._read_batch, batch)
+
+    def _submit_encoded(self, batch: list[_FileJob]) -> None:
+        assert self._encoders is not None
+        files = [
+            (path, node.size, node.extended_attributes is XATTRS_UNREAD)
+            for _, node, path, _ in batch
+        ]
+        future, slot = self._encoders.submit(files)
+        future.add_done_callback(lambda f: self._take_encoded(batch, f, slot))
+
+    def _take_encoded(
+        self, batch: list[_FileJob], future: Future[list[EncodedFile]], slot: int
+    ) -> None:
+        """An encoder's results, taken in the pool's result thread (or in the walk's, if
+        already done): store the sealed blobs, finish each file as a reader would."""
+        assert self._encoders is not None
+        try:
+            if future.cancelled():  # the backup is failing or interrupted
+                return
+            error = future.exception()
+            if error is not None:
+                raise CairnError(f"a backup worker process failed: {error}") from error
+            for (job, node, path, existed), encoded in zip(batch, future.result(), strict=True):
+                take = functools.partial(self._take_file, job, node, path, encoded, slot)
+                self._finish_file(job, node, path, existed, take)
+        except BaseException as e:  # noqa: BLE001 - handed to the walking thread
+            self._fail(e)
+        finally:
+            self._encoders.release(slot)
+
+    def _take_file(
+        self, job: _DirJob, node: Node, path: bytes, encoded: EncodedFile, slot: int
+    ) -> bool:
+        """Store one encoded file's new blobs; False (with its warning) if it was skipped."""
+        assert self._encoders is not None
+        warning, size, changed, blobs, xattrs = encoded
+        if warning is not None:
+            self._warn(warning)
+            return False
+        if xattrs is not None:
+            node.extended_attributes, xwarn = xattrs
+            if xwarn:
+                self._warn(f"{os.fsdecode(path)}: {xwarn}")
+        content: list[bytes] = []
+        for bid, where, ulen, length in blobs:
+            if where is not None:
+                sealed = self._encoders.sealed(slot, where)
+                if self.repo.save_sealed_blob(BlobType.DATA, bid, sealed, ulen):
+                    self._count_added(BlobType.DATA, length, len(sealed))
+            content.append(bid)
+        node.content = content
+        self.progress.bytes_done += size
+        return self._stored(job, node, os.fsdecode(path), size, changed)
 
     def _read_batch(self, batch: list[_FileJob]) -> None:
         try:
@@ -503,10 +603,17 @@ class Archiver:
     # -- file contents -------------------------------------------------------
 
     def _read_file(self, job: _DirJob, node: Node, path: bytes, existed: bool) -> None:
+        self._finish_file(job, node, path, existed, lambda: self._store_content(job, node, path))
+
+    def _finish_file(
+        self, job: _DirJob, node: Node, path: bytes, existed: bool, store: Callable[[], bool]
+    ) -> None:
+        """Store a file's content with ``store`` (False: skipped, warned), then count it,
+        report it, and release its directory."""
         ok = False
         try:
             if self._fatal is None and not self.interrupted.is_set():
-                ok = self._store_content(job, node, path)
+                ok = store()
                 with self._stats_lock:
                     if ok:
                         if existed:
@@ -533,10 +640,12 @@ class Archiver:
                 known = self._hardlinks.get(key)
             if known is not None and known[1] == node.size:
                 node.content = list(known[0])
+                if node.extended_attributes is XATTRS_UNREAD:
+                    self._read_xattrs(node, path, path)
                 return True
         spath = os.fsdecode(path)
         try:
-            fd = _open_regular(path)
+            fd = open_regular(path)
         except OSError as e:
             self._warn(f"{spath}: {e.strerror or e}")
             return False
@@ -547,8 +656,10 @@ class Archiver:
             if not stat.S_ISREG(before.st_mode):
                 self._warn(f"{spath}: changed type during backup, skipped")
                 return False
+            if node.extended_attributes is XATTRS_UNREAD:
+                self._read_xattrs(node, fd, path)
             if before.st_size < self.chunker.min_size:
-                whole = _read_small(fd, before.st_size, self.chunker.min_size)
+                whole = read_small(fd, before.st_size, self.chunker.min_size)
                 if whole is not None:
                     # Shorter than the minimum chunk: the file is one chunk. Hash, compress
                     # and encrypt it in this thread: for a small file, handing the chunk to
@@ -556,7 +667,7 @@ class Archiver:
                     size = len(whole)
                     self.progress.bytes_done += size
                     node.content = [self._store_blob(whole)] if size else []
-                    return self._stored(job, node, spath, size, before, os.fstat(fd), key)
+                    return self._stored(job, node, spath, size, _changed(before, os.fstat(fd)))
                 os.lseek(fd, 0, os.SEEK_SET)  # it grew past one chunk: the general path
             with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
                 for chunk in self.chunker.chunks(f):
@@ -576,7 +687,12 @@ class Archiver:
         finally:
             os.close(fd)
         node.content = [fut.result() for fut in futures]
-        return self._stored(job, node, spath, size, before, after, key)
+        return self._stored(job, node, spath, size, _changed(before, after))
+
+    def _read_xattrs(self, node: Node, where: bytes | int, path: bytes) -> None:
+        node.extended_attributes, warning = read_xattrs(where)
+        if warning:
+            self._warn(f"{os.fsdecode(path)}: {warning}")
 
     def _stored(
         self,
@@ -584,19 +700,18 @@ class Archiver:
         node: Node,
         spath: str,
         size: int,
-        before: os.stat_result,
-        after: os.stat_result,
-        key: tuple[int, int],
+        changed: bool,
     ) -> bool:
-        """Bookkeeping once a file's content is stored; warns if it changed meanwhile."""
-        if size != node.size or after.st_mtime_ns != before.st_mtime_ns:
+        """Bookkeeping once a file's content is stored; warns if it changed meanwhile
+        (``changed``: its mtime moved while it was read)."""
+        if size != node.size or changed:
             self._warn(f"{spath}: file changed during backup")
             job.signature = None  # the node may not match the listing: no record
         node.size = size  # the content is what was read; keep size consistent with it
         with self._stats_lock:
             self.stats.bytes_read += size
             if node.links > 1:
-                self._hardlinks[key] = (node.content or [], size)
+                self._hardlinks[(node.device_id, node.inode)] = (node.content or [], size)
         return True
 
     def _save_chunk(self, data: bytes) -> bytes:
@@ -618,14 +733,17 @@ class Archiver:
         else:
             _, added, stored = self.repo.save_blob(t, data, bid)
         if added:
-            with self._stats_lock:
-                if t is BlobType.DATA:
-                    self.stats.data_blobs += 1
-                else:
-                    self.stats.tree_blobs += 1
-                self.stats.data_added += len(data)
-                self.stats.data_added_packed += stored
+            self._count_added(t, len(data), stored)
         return bid
+
+    def _count_added(self, t: BlobType, length: int, stored: int) -> None:
+        with self._stats_lock:
+            if t is BlobType.DATA:
+                self.stats.data_blobs += 1
+            else:
+                self.stats.tree_blobs += 1
+            self.stats.data_added += length
+            self.stats.data_added_packed += stored
 
     # -- trees ----------------------------------------------------------------
 
@@ -745,36 +863,6 @@ def _subtree(node: Node | None) -> bytes | None:
     return node.subtree
 
 
-def _read_small(fd: int, expected: int, limit: int) -> bytes | None:
-    """The whole file if it ends within ``limit`` bytes, else None (it is longer).
-
-    A read that returns exactly the ``expected`` size that fstat reported is taken as the
-    end of the file (a file that grew since would have returned more), which saves a
-    second read, and a GIL hand-off, per small file."""
-    data = os.read(fd, limit + 1)
-    if len(data) > limit:
-        return None
-    if len(data) == expected:
-        return data
-    parts = [data]
-    total = len(data)
-    while data:  # a short read (network filesystems): read on to the end
-        data = os.read(fd, limit + 1 - total)
-        total += len(data)
-        if total > limit:
-            return None
-        parts.append(data)
-    return b"".join(parts)
-
-
-def _open_regular(path: bytes) -> int:
-    """Open for reading without following symlinks, without blocking on a FIFO that
-    replaced the file, and without updating atime where the kernel allows it."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    noatime = getattr(os, "O_NOATIME", 0)
-    if noatime:
-        try:
-            return os.open(path, flags | noatime)
-        except PermissionError:
-            pass  # O_NOATIME needs ownership (or root)
-    return os.open(path, flags)
+def _changed(before: os.stat_result, after: os.stat_result) -> bool:
+    """Whether a file's mtime moved between the fstat before reading it and the one after."""
+    return after.st_mtime_ns != before.st_mtime_ns

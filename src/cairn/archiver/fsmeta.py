@@ -69,10 +69,17 @@ def node_type(st_mode: int) -> str:
     }.get(fmt, "irregular")
 
 
-def read_xattrs(path: bytes) -> tuple[list[ExtendedAttribute], str | None]:
-    """Extended attributes in the order the OS lists them, and a warning if reading failed."""
+#: Stands, by identity, for extended attributes not read yet: a regular file's are read
+#: where the file is opened (archiver.py), so the walk does not ask for them by path.
+XATTRS_UNREAD: list[ExtendedAttribute] = []
+
+
+def read_xattrs(path: bytes | int) -> tuple[list[ExtendedAttribute], str | None]:
+    """Extended attributes in the order the OS lists them, and a warning if reading failed.
+    ``path`` may be a file descriptor: a file being read anyway is asked through it."""
+    follow = {} if isinstance(path, int) else {"follow_symlinks": False}
     try:
-        names = os.listxattr(path, follow_symlinks=False)
+        names = os.listxattr(path, **follow)
     except OSError as e:
         if e.errno in (95, 61):  # EOPNOTSUPP, ENODATA: the file system has none
             return [], None
@@ -80,7 +87,7 @@ def read_xattrs(path: bytes) -> tuple[list[ExtendedAttribute], str | None]:
     attrs: list[ExtendedAttribute] = []
     for name in names:
         try:
-            value = os.getxattr(path, name, follow_symlinks=False)
+            value = os.getxattr(path, name, **follow)
         except OSError as e:
             if e.errno == 61:  # removed in between
                 continue
@@ -89,9 +96,12 @@ def read_xattrs(path: bytes) -> tuple[list[ExtendedAttribute], str | None]:
     return attrs, None
 
 
-def node_from_stat(name: bytes, path: bytes, st: os.stat_result) -> tuple[Node, str | None]:
+def node_from_stat(
+    name: bytes, path: bytes, st: os.stat_result, *, xattrs: bool = True
+) -> tuple[Node, str | None]:
     """A node for one directory entry (content/subtree filled in later) and a warning,
-    if some metadata could not be read."""
+    if some metadata could not be read. Without ``xattrs`` the extended attributes are
+    left for whoever opens the file to read them (see :func:`read_xattrs`)."""
     ntype = node_type(st.st_mode)
     mtime = go_time(st.st_mtime_ns)
     node = Node(
@@ -122,7 +132,7 @@ def node_from_stat(name: bytes, path: bytes, st: os.stat_result) -> tuple[Node, 
     elif ntype in ("dev", "chardev"):
         node.links = st.st_nlink
         node.device = st.st_rdev
-    if ntype != "symlink":  # restic 0.14 does not record xattrs of symlinks
+    if ntype != "symlink" and xattrs:  # restic 0.14 does not record xattrs of symlinks
         node.extended_attributes, xwarn = read_xattrs(path)
         warning = warning or xwarn
     return node, warning

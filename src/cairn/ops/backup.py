@@ -38,6 +38,9 @@ class BackupOptions:
     dry_run: bool = False
     time: GoTime | None = None
     read_concurrency: int = 2
+    #: Processes that read and seal small files (archiver/encoders.py): None = one per
+    #: core once enough files need reading, 0 = none (threads only).
+    encoder_processes: int | None = None
     excludes: ExcludeOptions = field(default_factory=ExcludeOptions)
 
 
@@ -226,6 +229,7 @@ def backup(
                 records=records,
                 report_unchanged=report_unchanged,
                 signatures=signatures,
+                encoder_processes=opts.encoder_processes,
             )
             try:
                 tree = archiver.run(layout)

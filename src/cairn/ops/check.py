@@ -19,13 +19,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import gc
 import hmac
-import multiprocessing
-import os
 import random
 import re
-import signal
 import threading
 from array import array
 from collections.abc import Callable, Iterable, Iterator
@@ -36,6 +32,7 @@ from typing import Any, TypeVar
 from cairn.backend.base import FileType, Handle
 from cairn.backend.local import LocalBackend
 from cairn.errors import BackendError, CairnError, CheckFailedError, IntegrityError, UsageError
+from cairn.forking import cores, fork_available, fork_pool, release_pool
 from cairn.ops.packscan import PackFile, PackInMemory, PackScan
 from cairn.repo.crypto import OVERHEAD
 from cairn.repo.ids import BlobType
@@ -189,21 +186,10 @@ _FORK_MIN_PACKS = 4
 _FORKED: _Checker | None = None
 
 
-def _cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def _can_fork(repo: Repository) -> bool:
     """Forked readers need fork() and a backend that holds no connection a child could
     garble: a local directory, which each child opens for itself."""
-    return (
-        "fork" in multiprocessing.get_all_start_methods()
-        and isinstance(repo.backend, LocalBackend)
-        and _cores() > 1
-    )
+    return fork_available() and isinstance(repo.backend, LocalBackend)
 
 
 _R = TypeVar("_R")
@@ -224,12 +210,6 @@ def _windowed(
             yield pending.popleft().result()
     while pending:
         yield pending.popleft().result()
-
-
-def _ignore_sigint() -> None:
-    """In a forked reader: Ctrl-C reaches the whole process group, and the parent alone
-    handles it (a child would print a traceback from its idle wait)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _read_pack_forked(pack_id: bytes, indexed: list[_BlobKey]) -> _PackOutcome:
@@ -426,7 +406,7 @@ class _Checker:
                 pool = stack.enter_context(self._forked_readers())
                 # a few packs ahead, not all: each task carries its pack's index entries
                 outcomes = _windowed(
-                    pool, _read_pack_forked, ((p, entries(p)) for p in selected), 2 * _cores()
+                    pool, _read_pack_forked, ((p, entries(p)) for p in selected), 2 * cores()
                 )
             else:
                 # Each reader holds a whole pack (16 MiB) and its blobs while it works: one
@@ -451,23 +431,17 @@ class _Checker:
         parent's own."""
         global _FORKED
         _FORKED = self
-        # The children's garbage collector would visit every object inherited from here
-        # and so copy each page that holds one: frozen objects are not visited.
-        gc.freeze()
-        pool = ProcessPoolExecutor(
-            _cores(), mp_context=multiprocessing.get_context("fork"), initializer=_ignore_sigint
-        )
+        pool = fork_pool(cores())
         try:
             yield pool
         except BaseException:
             # Ctrl-C or an error: drop the packs not started rather than read them all
-            pool.shutdown(wait=True, cancel_futures=True)
+            release_pool(pool, cancel=True)
             raise
         else:
-            pool.shutdown(wait=True)
+            release_pool(pool, cancel=False)
         finally:
             _FORKED = None
-            gc.unfreeze()
 
     def _take(self, outcome: _PackOutcome) -> None:
         self.result.errors.extend(outcome.errors)

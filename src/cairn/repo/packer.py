@@ -59,10 +59,46 @@ class _Pack:
         self.file.write(data)
         self.size += len(data)
 
-    def append(self, sealed: bytes | bytearray, entry: Entry, header: bytes) -> None:
+    def append(self, sealed: bytes | bytearray | memoryview, entry: Entry, header: bytes) -> None:
         self.write(sealed)
         self.entries.append(entry)
         self.header += header
+
+
+class BlobSealer:
+    """Compresses and seals blobs the way a repository stores them, and nothing else: no
+    lock, no index, no file. Made for worker processes forked during a backup, which seal
+    blobs and hand them to :meth:`BlobSaver.save_sealed` in the parent."""
+
+    __slots__ = ("key", "version", "compression")
+
+    def __init__(self, key: Key, version: int, compression: str) -> None:
+        if compression != "off" and compression not in LEVELS:
+            raise ValueError(f"unknown compression mode {compression!r}")
+        self.key = key
+        self.version = version
+        self.compression = compression
+
+    def encode(
+        self, t: BlobType, data: bytes | bytearray | memoryview
+    ) -> tuple[bytes | bytearray | memoryview, int]:
+        """What to seal, and the uncompressed length (0 = stored uncompressed).
+
+        v1 never compresses; "off" leaves data blobs alone (trees are still compressed, as
+        restic does); an empty blob is never marked compressed (length 0 is ambiguous)."""
+        n = len(data)
+        if self.version < 2 or n == 0 or (t is BlobType.DATA and self.compression == "off"):
+            return data, 0
+        level = LEVELS.get(self.compression, LEVELS["auto"])
+        return compress(data, level), n
+
+    def seal(self, t: BlobType, data: bytes | bytearray | memoryview) -> tuple[bytearray, int]:
+        """The blob as it goes into a pack, and its uncompressed length (0: not compressed)."""
+        payload, ulen = self.encode(t, data)
+        sealed = self.key.seal(payload)
+        if len(sealed) > _MAX_BLOB:
+            raise CairnError(f"blob of {len(data)} bytes is too large for a pack")
+        return sealed, ulen
 
 
 class BlobSaver:
@@ -106,6 +142,7 @@ class BlobSaver:
         self._free: list[BinaryIO] = []
         self._max_free = 2
         self._closed = False
+        self._sealer: BlobSealer | None = None
 
     # --- public ---------------------------------------------------------------
 
@@ -125,10 +162,7 @@ class BlobSaver:
                 return bid, False, 0
             self._pending.add(key)
         try:
-            payload, ulen = self._encode(t, data)
-            sealed = self.key.seal(payload)
-            if len(sealed) > _MAX_BLOB:
-                raise CairnError(f"blob of {len(data)} bytes is too large for a pack")
+            sealed, ulen = self.sealer().seal(t, data)
         except BaseException:
             with self._lock:
                 self._pending.discard(key)
@@ -136,6 +170,31 @@ class BlobSaver:
         for full in self._append(t, bid, sealed, ulen):
             self._submit(full)
         return bid, True, len(sealed)
+
+    def sealer(self) -> BlobSealer:
+        """How this saver seals blobs (with its current compression setting)."""
+        sealer = self._sealer
+        if sealer is None or sealer.compression != self.compression:
+            sealer = self._sealer = BlobSealer(self.key, self.version, self.compression)
+        return sealer
+
+    def save_sealed(
+        self, t: BlobType, bid: bytes, sealed: bytearray | memoryview, ulen: int
+    ) -> bool:
+        """Store a blob that :meth:`BlobSealer.seal` sealed elsewhere, unless the index or
+        a pending pack has it already. ``bid`` must be the plaintext's ID: the caller
+        computed it from the data it sealed. True if it was added."""
+        self._raise_error()
+        if self._closed:
+            raise CairnError("the repository was closed; blobs can no longer be saved")
+        key = (int(t), bid)
+        with self._lock:
+            if key in self._pending or self.index.has(t, bid):
+                return False
+            self._pending.add(key)
+        for full in self._append(t, bid, sealed, ulen):
+            self._submit(full)
+        return True
 
     def flush(self) -> None:
         """Finish the open packs, wait for every upload, then write the index files that
@@ -174,20 +233,9 @@ class BlobSaver:
 
     # --- internals --------------------------------------------------------------
 
-    def _encode(
-        self, t: BlobType, data: bytes | bytearray | memoryview
-    ) -> tuple[bytes | bytearray | memoryview, int]:
-        """What to seal, and the uncompressed length (0 = stored uncompressed).
-
-        v1 never compresses; "off" leaves data blobs alone (trees are still compressed, as
-        restic does); an empty blob is never marked compressed (length 0 is ambiguous)."""
-        n = len(data)
-        if self.version < 2 or n == 0 or (t is BlobType.DATA and self.compression == "off"):
-            return data, 0
-        level = LEVELS.get(self.compression, LEVELS["auto"])
-        return compress(data, level), n
-
-    def _append(self, t: BlobType, bid: bytes, sealed: bytearray, ulen: int) -> list[_Pack]:
+    def _append(
+        self, t: BlobType, bid: bytes, sealed: bytearray | memoryview, ulen: int
+    ) -> list[_Pack]:
         """Add a sealed blob to the open pack of its type; returns the packs now full.
 
         A pack is closed *before* a blob would take it past ``pack_size``."""

@@ -44,7 +44,7 @@ from cairn.repo.keys import add_key as _add_key
 from cairn.repo.lock import Lock, remove_stale_locks
 from cairn.repo.node import Node
 from cairn.repo.pack import coalesce, open_blob, read_header
-from cairn.repo.packer import DEFAULT_PACK_SIZE, BlobSaver
+from cairn.repo.packer import DEFAULT_PACK_SIZE, BlobSaver, BlobSealer
 from cairn.repo.snapshot import Snapshot, latest, resolve_prefix
 from cairn.repo.tree import decode_tree, encode_tree
 
@@ -429,6 +429,18 @@ class Repository:
         including the 32 crypto bytes, 0 for a duplicate). Upload errors surface here or
         at :meth:`flush`."""
         return self._blob_saver().save_blob(t, data, blob_id)
+
+    def blob_sealer(self) -> BlobSealer:
+        """Compresses and seals blobs as :meth:`save_blob` would; for worker processes,
+        whose sealed blobs the parent then stores with :meth:`save_sealed_blob`."""
+        return self._blob_saver().sealer()
+
+    def save_sealed_blob(
+        self, t: BlobType, blob_id: bytes, sealed: bytearray | memoryview, ulen: int
+    ) -> bool:
+        """Store a blob sealed by :meth:`blob_sealer` unless known (thread-safe); True if
+        it was added. ``blob_id`` is the ID of the plaintext that was sealed."""
+        return self._blob_saver().save_sealed(t, blob_id, sealed, ulen)
 
     def flush(self) -> None:
         """Finish open packs, wait for their upload, write index files for them."""
