@@ -190,12 +190,13 @@ def test_an_encoder_failure_fails_the_backup_and_leaves_the_repository_sound(
     (src / "d09" / "inner" / "boom.bin").write_bytes(os.urandom(3000))
     real_encode = encoders._Encoder.encode_file
 
-    def failing(self: Any, path: bytes, size: int, want_xattrs: bool) -> Any:
+    def failing(self: Any, path: bytes, size: int, want_xattrs: bool, fd: Any) -> Any:
         if path.endswith(b"boom.bin"):
             if how == "dies":
                 os._exit(9)  # as if the kernel killed the worker
+            os.close(fd)
             raise RuntimeError("disk on fire")
-        return real_encode(self, path, size, want_xattrs)
+        return real_encode(self, path, size, want_xattrs, fd)
 
     monkeypatch.setattr(encoders._Encoder, "encode_file", failing)
     with pytest.raises(CairnError, match="a backup worker process failed"):
