@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import random
 import secrets
+import tempfile
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -123,6 +124,24 @@ class BackendContract:
         h = Handle(FileType.SNAPSHOT, new_id())
         backend.save(h, buf)
         assert backend.load(h) == data
+
+    def test_save_file_stores_the_first_bytes_of_an_open_file(self, backend: Backend) -> None:
+        """save_file (how packs are stored): the first ``size`` bytes of the file, whatever
+        its position; the same rule as save for an existing name."""
+        data = random_bytes(300_000, 5)
+        h = Handle(FileType.PACK, new_id())
+        with tempfile.TemporaryFile() as f:
+            f.write(data + b"not part of it")
+            f.flush()
+            backend.save_file(h, f, len(data))
+            assert backend.load(h) == data
+            with pytest.raises(AlreadyExistsError):
+                backend.save_file(h, f, 10)
+        assert backend.load(h) == data
+        empty = Handle(FileType.PACK, new_id())
+        with tempfile.TemporaryFile() as f:
+            backend.save_file(empty, f, 0)
+        assert backend.load(empty) == b""
 
     def test_empty_file(self, backend: Backend) -> None:
         h = Handle(FileType.LOCK, new_id())

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from cairn.backend.base import Backend, FileInfo, FileType, Handle
 from cairn.errors import TransientBackendError
@@ -84,6 +84,9 @@ class FaultyBackend(Backend):
 
     def save(self, handle: Handle, data: bytes | bytearray | memoryview) -> None:
         self._run(f"save {handle}", lambda: self.inner.save(handle, data))
+
+    def save_file(self, handle: Handle, file: BinaryIO, size: int) -> None:
+        self._run(f"save {handle}", lambda: self.inner.save_file(handle, file, size))
 
     def load(self, handle: Handle, offset: int = 0, length: int | None = None) -> bytes:
         return self._run(f"load {handle}", lambda: self.inner.load(handle, offset, length))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,6 +62,34 @@ def test_layout_and_modes(tmp_path: Path) -> None:
     path = root / "data" / "ab" / h.name
     assert stat.S_IMODE(path.stat().st_mode) == 0o400
     assert [p.name for p in path.parent.iterdir()] == [h.name], "no temporary file is left"
+
+
+def test_failed_save_file_removes_its_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """save_file copies with sendfile: the disk filling up half-way leaves nothing."""
+    b = LocalBackend(tmp_path / "repo")
+    b.create()
+    h = Handle(FileType.PACK, new_id("cd"))
+    real_sendfile = os.sendfile
+    calls = 0
+
+    def sendfile(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return real_sendfile(out_fd, in_fd, offset, count // 2)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "sendfile", sendfile)
+    with tempfile.TemporaryFile() as f:
+        f.write(b"x" * 100_000)
+        f.flush()
+        with pytest.raises(Exception, match="No space left"):
+            b.save_file(h, f, 100_000)
+    monkeypatch.undo()
+    assert list((tmp_path / "repo" / "data" / "cd").iterdir()) == []
+    assert calls == 2
 
 
 def test_failed_save_removes_its_temporary_file(

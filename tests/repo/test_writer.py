@@ -6,6 +6,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -140,6 +141,11 @@ class FailingBackend(LocalBackend):
         if handle.type is FileType.PACK:
             raise BackendError("disk full")
         super().save(handle, data)
+
+    def save_file(self, handle: Handle, file: BinaryIO, size: int) -> None:
+        if handle.type is FileType.PACK:  # how the packer stores packs
+            raise BackendError("disk full")
+        super().save_file(handle, file, size)
 
 
 def test_upload_error_reaches_caller_and_no_index_is_written(tmp_path: Path) -> None:

@@ -8,10 +8,13 @@ suite in ``tests/backend/contract.py``.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import mmap
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 
 class FileType(enum.Enum):
@@ -92,6 +95,23 @@ class Backend(ABC):
     def save(self, handle: Handle, data: bytes | bytearray | memoryview) -> None:
         """Store a whole file atomically. Saving an existing name is an error
         (AlreadyExistsError) except for ``config``, which may be replaced."""
+
+    def save_file(self, handle: Handle, file: BinaryIO, size: int) -> None:
+        """Store the first ``size`` bytes of an open file, as :meth:`save` would (used for
+        packs, which are built in temporary files). This default maps the file and hands
+        the mapping to :meth:`save`; a backend that can copy from a file descriptor
+        overrides it and spares the mapping (whose pages count as the process's memory)."""
+        if size == 0:
+            self.save(handle, b"")
+            return
+        mm = mmap.mmap(file.fileno(), size, prot=mmap.PROT_READ)
+        try:
+            with memoryview(mm) as view:
+                self.save(handle, view)
+        finally:
+            # A backend that kept a view: the mapping goes with its last reference.
+            with contextlib.suppress(BufferError):
+                mm.close()
 
     @abstractmethod
     def load(self, handle: Handle, offset: int = 0, length: int | None = None) -> bytes:

@@ -13,8 +13,9 @@ import errno
 import os
 import secrets
 import stat as stat_mod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from cairn.backend.base import DIR_TYPES, Backend, FileInfo, FileType, Handle, is_id_name
 from cairn.errors import AlreadyExistsError, BackendError, NotFoundError
@@ -63,6 +64,37 @@ class LocalBackend(Backend):
             raise BackendError(f"cannot create repository at {self.location}: {e.strerror}") from e
 
     def save(self, handle: Handle, data: bytes | bytearray | memoryview) -> None:
+        def write(fd: int) -> None:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+
+        self._save_with(handle, write)
+
+    def save_file(self, handle: Handle, file: BinaryIO, size: int) -> None:
+        """Copied by the kernel (sendfile), without mapping or reading the file here."""
+        src = file.fileno()
+
+        def write(fd: int) -> None:
+            offset = 0
+            while offset < size:
+                try:
+                    sent = os.sendfile(fd, src, offset, size - offset)
+                except OSError as e:
+                    if e.errno not in (errno.EINVAL, errno.ENOSYS) or offset:
+                        raise
+                    _copy_by_reads(src, fd, size)  # a file system sendfile refuses
+                    return
+                if sent == 0:
+                    raise OSError(errno.EIO, f"source ended {size - offset} bytes early")
+                offset += sent
+
+        self._save_with(handle, write)
+
+    def _save_with(self, handle: Handle, write: Callable[[int], None]) -> None:
+        """Atomically create ``handle``: ``write`` fills a temporary file (given its
+        descriptor), which is synced and renamed into place."""
         final = self._path(handle)
         if handle.type is not FileType.CONFIG and final.exists():
             raise AlreadyExistsError(f"{handle} already exists")
@@ -74,10 +106,7 @@ class LocalBackend(Backend):
                 final.parent.mkdir(mode=self._dir_mode, parents=True, exist_ok=True)
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self._file_mode)
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+                write(fd)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -177,3 +206,15 @@ def _read_exact(f: object, length: int) -> bytes:
         chunks.append(chunk)
         remaining -= len(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _copy_by_reads(src: int, dst: int, size: int) -> None:
+    offset = 0
+    while offset < size:
+        block = os.pread(src, min(1 << 20, size - offset), offset)
+        if not block:
+            raise OSError(errno.EIO, f"source ended {size - offset} bytes early")
+        view = memoryview(block)
+        while view:
+            view = view[os.write(dst, view) :]
+        offset += len(block)

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from cairn.backend.base import Backend, FileInfo, FileType, Handle
 from cairn.errors import (
@@ -158,6 +158,17 @@ class RetryBackend(Backend):
                 # See the module docstring: on a retry, an earlier attempt may have stored
                 # the file before its reply was lost; same name + same size = same file.
                 if n > 1 and self.inner.stat(handle) == size:
+                    return
+                raise
+
+        self._call(f"save {handle}", attempt)
+
+    def save_file(self, handle: Handle, file: BinaryIO, size: int) -> None:
+        def attempt(n: int) -> None:
+            try:
+                self.inner.save_file(handle, file, size)
+            except AlreadyExistsError:
+                if n > 1 and self.inner.stat(handle) == size:  # as in save()
                     return
                 raise
 

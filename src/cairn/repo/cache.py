@@ -24,8 +24,9 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 from cairn.backend.base import Backend, FileInfo, FileType, Handle, is_id_name
 from cairn.errors import CairnError
@@ -304,6 +305,15 @@ class CachedBackend(Backend):
         ):
             self.cache.put(handle, data)
 
+    def save_file(self, handle: Handle, file: BinaryIO, size: int) -> None:
+        self.inner.save_file(handle, file, size)
+        fd = file.fileno()
+        if handle.type in (FileType.SNAPSHOT, FileType.INDEX) or (
+            handle.type is FileType.PACK
+            and self._tree_only_in(lambda offset, n: os.pread(fd, n, offset), size)
+        ):
+            self.cache.put(handle, os.pread(fd, size, 0))
+
     def load(self, handle: Handle, offset: int = 0, length: int | None = None) -> bytes:
         if handle.type not in (FileType.SNAPSHOT, FileType.INDEX):
             # Packs are served from the cache only through load_tree_pack: check and
@@ -389,14 +399,17 @@ class CachedBackend(Backend):
         """True when a pack's own header lists only tree blobs (decided from the bytes
         about to be stored, before any index names the pack)."""
         view = memoryview(data)
-        n = len(view)
+        return self._tree_only_in(lambda offset, n: view[offset : offset + n], len(view))
+
+    def _tree_only_in(self, read: Callable[[int, int], bytes | memoryview], n: int) -> bool:
+        """:meth:`_tree_only` for a pack of ``n`` bytes read by ``read(offset, length)``."""
         if n < MIN_PACK:
             return False
-        hlen = int.from_bytes(view[n - 4 :], "little")
+        hlen = int.from_bytes(read(n - 4, 4), "little")
         if hlen < OVERHEAD or hlen + 4 > n:
             return False
         try:
-            header = self.key.open(view[n - 4 - hlen : n - 4])
+            header = self.key.open(read(n - 4 - hlen, hlen))
             # Entry types: 0/2 data, 1/3 tree. A data pack (nearly every pack a backup
             # writes) is told by its first entry, without parsing a few thousand more.
             if not header or header[0] & 1 == 0:

@@ -11,9 +11,8 @@ must still describe; index files are written only for packs that exist.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import mmap
+import os
 import queue
 import tempfile
 import threading
@@ -314,17 +313,8 @@ class BlobSaver:
             self.gate()
         pack.write(seal_header(self.key, bytes(pack.header)))
         pack.file.flush()
-        # Mapped, not read into a buffer: its pages are the page cache's, held only while
-        # this pack is hashed and handed to the backend.
-        mm = mmap.mmap(pack.file.fileno(), pack.size, prot=mmap.PROT_READ)
-        try:
-            with memoryview(mm) as view:
-                pack_id = hashlib.sha256(view).digest()
-                self.backend.save(Handle(FileType.PACK, pack_id.hex()), view)
-        finally:
-            # A backend that kept a view: the mapping goes with its last reference.
-            with contextlib.suppress(BufferError):
-                mm.close()
+        pack_id = _file_sha256(pack.file.fileno(), pack.size)
+        self.backend.save_file(Handle(FileType.PACK, pack_id.hex()), pack.file, pack.size)
         # Index before dropping from "pending" (done by the caller): a concurrent save of
         # the same blob always finds it in one of the two.
         self.index.add_pack(pack_id, pack.entries)
@@ -370,3 +360,22 @@ def _as_blobs(batch: Sequence[tuple[bytes, list[Entry]]]) -> list[tuple[bytes, l
         )
         for pid, entries in batch
     ]
+
+
+def _file_sha256(fd: int, size: int) -> bytes:
+    """SHA-256 of a file's first ``size`` bytes, read through one 1 MiB buffer.
+
+    Not mapped: mapped pages count as the process's memory, up to a whole pack (16 MiB)
+    per uploader. Not hashed while the pack is written either: that runs under the
+    packer's lock, in the thread that takes the encoders' results, which it slowed."""
+    digest = hashlib.sha256()
+    buf = bytearray(min(size, 1 << 20) or 1)
+    view = memoryview(buf)
+    offset = 0
+    while offset < size:
+        n = os.preadv(fd, [view[: min(len(buf), size - offset)]], offset)
+        if n <= 0:
+            raise CairnError(f"pack file ended {size - offset} bytes early")
+        digest.update(view[:n])
+        offset += n
+    return digest.digest()
