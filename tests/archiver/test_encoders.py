@@ -5,7 +5,6 @@ that dies fails the backup with one clear error and leaves the repository sound.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import os
 import random
@@ -38,15 +37,15 @@ def file_readers() -> str:
 
 @pytest.fixture
 def pools(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The worker counts of the process pools started (a spy on the pool's constructor)."""
+    """The worker counts of the encoder pools started (a spy on the pool's constructor)."""
     started: list[int] = []
-    real = concurrent.futures.ProcessPoolExecutor
+    real = encoders.PipePool
 
-    def spy(workers: int, **kw: Any) -> Any:
+    def spy(fn: Any, workers: int) -> Any:
         started.append(workers)
-        return real(workers, **kw)
+        return real(fn, workers)
 
-    monkeypatch.setattr("cairn.forking.ProcessPoolExecutor", spy)
+    monkeypatch.setattr(encoders, "PipePool", spy)
     return started
 
 

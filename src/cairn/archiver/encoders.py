@@ -20,12 +20,12 @@ import mmap
 import os
 import queue
 import stat
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 
 from cairn.archiver.fileio import open_regular, read_small
 from cairn.archiver.fsmeta import read_xattrs
 from cairn.chunker import Chunker
-from cairn.forking import fork_pool, release_pool
+from cairn.forking import PipePool
 from cairn.repo.ids import BlobType, blob_id
 from cairn.repo.index import MasterIndex
 from cairn.repo.node import ExtendedAttribute
@@ -165,9 +165,9 @@ def _open_ahead(path: bytes) -> int | OSError:
 _ENCODER: _Encoder | None = None
 
 
-def _encode_files(files: list[FileTask], slot: int) -> list[EncodedFile]:
+def _encode_files(task: tuple[list[FileTask], int]) -> list[EncodedFile]:
     assert _ENCODER is not None, "only called in an encoder forked by Encoders"
-    return _ENCODER.encode_files(files, slot)
+    return _ENCODER.encode_files(*task)
 
 
 class Encoders:
@@ -187,7 +187,7 @@ class Encoders:
         for slot in range(self.window):
             self._free.put(slot)
         self._encoder = _Encoder(sealer, index, chunker, self._arena)
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: PipePool | None = None
 
     def submit(self, files: list[FileTask]) -> tuple[Future[list[EncodedFile]], int]:
         """Encode ``files`` in a worker. Waits while every slot is
@@ -196,11 +196,11 @@ class Encoders:
         :meth:`release`."""
         if self._pool is None:
             global _ENCODER
-            _ENCODER = self._encoder  # the workers fork at this first submit
-            self._pool = fork_pool(self.workers)
+            _ENCODER = self._encoder  # the workers inherit it
+            self._pool = PipePool(_encode_files, self.workers)
         slot = self._free.get()
         try:
-            return self._pool.submit(_encode_files, files, slot), slot
+            return self._pool.submit((files, slot)), slot
         except BaseException:
             self._free.put(slot)
             raise
@@ -222,5 +222,5 @@ class Encoders:
         global _ENCODER
         pool, self._pool = self._pool, None
         if pool is not None:
-            release_pool(pool, cancel=cancel)
+            pool.shutdown(cancel=cancel)
         _ENCODER = None
