@@ -363,6 +363,7 @@ class Archiver:
                 return
         old = job.old_nodes = self._parent_nodes(parent_tree)
         batch: list[_FileJob] = []
+        batch_bytes = 0
         batch_files = _BATCH_FILES if self._encoders is None else BATCH_FILES
         for name, epath, st in listing:
             if self.selector.excluded(epath, st, target_dev):
@@ -380,10 +381,13 @@ class Archiver:
                 node.extended_attributes = XATTRS_UNREAD
             if warning:
                 self._warn(f"{os.fsdecode(epath)}: {warning}")
+            queued = len(batch)
             self._add_entry(job, node, epath, st, old_node, target_dev, stack, batch)
-            if len(batch) >= batch_files or sum(n.size for _, n, _, _ in batch) >= BATCH_BYTES:
-                self._submit(batch)
-                batch = []
+            if len(batch) > queued:
+                batch_bytes += st.st_size
+                if len(batch) >= batch_files or batch_bytes >= BATCH_BYTES:
+                    self._submit(batch)
+                    batch, batch_bytes = [], 0
         if batch:
             self._submit(batch)
 
