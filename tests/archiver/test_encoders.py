@@ -85,6 +85,14 @@ def data_blob_ids(repo_path: Path) -> list[bytes]:
         return [b.id for b in repo.index if b.type is BlobType.DATA]
 
 
+def assert_restic_restores(repo_path: Path, src: Path, target: Path) -> None:
+    """The real restic finds every byte in order and restores ``src`` exactly."""
+    check = run_restic(repo_path, "check", "--read-data")
+    assert b"no errors were found" in check.stdout
+    run_restic(repo_path, "restore", "latest", "--target", str(target))
+    assert describe(target / str(src).lstrip("/")) == describe(src)
+
+
 needs_fork = pytest.mark.skipif(
     not fork_available(), reason="forked encoders need fork() and two cores"
 )
@@ -132,10 +140,7 @@ def test_second_backup_through_encoders_reads_only_changes(tmp_path: Path) -> No
     s = second.stats
     assert (s.files_new, s.files_changed) == (1, 2)
     assert s.files_unmodified == first.stats.files_new - 2
-    check = run_restic(tmp_path / "repo", "check", "--read-data")
-    assert b"no errors were found" in check.stdout
-    run_restic(tmp_path / "repo", "restore", "latest", "--target", str(tmp_path / "out"))
-    assert describe(tmp_path / "out" / str(src).lstrip("/")) == describe(src)
+    assert_restic_restores(tmp_path / "repo", src, tmp_path / "out")
 
 
 @needs_fork
@@ -148,10 +153,7 @@ def test_sealed_blobs_that_overflow_the_shared_slot_travel_in_the_result(
     src = make_tree(tmp_path / "src")
     result = run_backup(tmp_path / "repo", src, 2)
     assert not result.incomplete
-    check = run_restic(tmp_path / "repo", "check", "--read-data")
-    assert b"no errors were found" in check.stdout
-    run_restic(tmp_path / "repo", "restore", "latest", "--target", str(tmp_path / "out"))
-    assert describe(tmp_path / "out" / str(src).lstrip("/")) == describe(src)
+    assert_restic_restores(tmp_path / "repo", src, tmp_path / "out")
 
 
 @needs_fork
