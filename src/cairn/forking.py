@@ -16,11 +16,13 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from multiprocessing import connection as mp_connection
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
+
+from cairn.errors import CairnError
 
 
 def cores() -> int:
@@ -42,27 +44,7 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def fork_pool(workers: int) -> ProcessPoolExecutor:
-    """A pool of ``workers`` processes forked from this one (at its first submit).
-
-    The garbage collector is frozen first: a child's collector would otherwise visit every
-    object inherited from the parent and so copy each page holding one. Call
-    :func:`release_pool` when done, which thaws it again."""
-    gc.freeze()
-    return ProcessPoolExecutor(
-        workers, mp_context=multiprocessing.get_context("fork"), initializer=_ignore_sigint
-    )
-
-
-def release_pool(pool: ProcessPoolExecutor, *, cancel: bool) -> None:
-    """Wait for the workers to exit; with ``cancel``, drop the calls not started yet."""
-    try:
-        pool.shutdown(wait=True, cancel_futures=cancel)
-    finally:
-        gc.unfreeze()
-
-
-class WorkerFailed(Exception):
+class WorkerFailed(CairnError):
     """A call raised in a worker process (its type and message, as text), or the worker
     exited before answering."""
 
@@ -104,8 +86,11 @@ class PipePool:
     shares one result queue (with a lock) between the workers: on 100,000 small files
     those cost the parent more of the GIL than the results themselves. Here one thread
     receives every answer and completes its future, so callbacks run in that thread. A
-    call goes to the worker with the fewest unanswered calls. Freezes the garbage
-    collector until :meth:`shutdown`, as :func:`fork_pool` does."""
+    call goes to the worker with the fewest unanswered calls.
+
+    The garbage collector is frozen until :meth:`shutdown`: a child's collector would
+    otherwise visit every object inherited from the parent and so copy each page holding
+    one."""
 
     def __init__(self, fn: Callable[[Any], Any], workers: int) -> None:
         ctx = multiprocessing.get_context("fork")
@@ -140,7 +125,8 @@ class PipePool:
             try:
                 worker.conn.send(arg)
             except OSError as e:  # it died: the receiver fails what it had
-                worker.pending.remove(future)
+                with contextlib.suppress(ValueError):  # unless it already took this one
+                    worker.pending.remove(future)
                 raise WorkerFailed(f"a worker process exited ({e})") from e
         return future
 

@@ -3,7 +3,6 @@ real restic agrees (spec §19 checks 2 and 16)."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import random
 from pathlib import Path
 from typing import Any
@@ -37,13 +36,13 @@ def readers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     forked = request.param == "processes"
     monkeypatch.setattr("cairn.ops.check._FORK_MIN_PACKS", 1 if forked else 10**9)
     pools: list[int] = []
-    real = concurrent.futures.ProcessPoolExecutor
+    real = check_module.PipePool
 
-    def spy(workers: int, **kw: Any) -> Any:
+    def spy(fn: Any, workers: int) -> Any:
         pools.append(workers)
-        return real(workers, **kw)
+        return real(fn, workers)
 
-    monkeypatch.setattr("cairn.forking.ProcessPoolExecutor", spy)
+    monkeypatch.setattr(check_module, "PipePool", spy)
     if forked:
         pools.append(0)  # marks the mode; a started pool adds its size after it
     return pools

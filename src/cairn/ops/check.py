@@ -25,14 +25,14 @@ import re
 import threading
 from array import array
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from cairn.backend.base import FileType, Handle
 from cairn.backend.local import LocalBackend
 from cairn.errors import BackendError, CairnError, CheckFailedError, IntegrityError, UsageError
-from cairn.forking import cores, fork_available, fork_pool, release_pool
+from cairn.forking import PipePool, cores, fork_available
 from cairn.ops.packscan import PackFile, PackInMemory, PackScan
 from cairn.repo.crypto import OVERHEAD
 from cairn.repo.ids import BlobType
@@ -195,26 +195,21 @@ def _can_fork(repo: Repository) -> bool:
 _R = TypeVar("_R")
 
 
-def _windowed(
-    pool: ProcessPoolExecutor,
-    fn: Callable[..., _R],
-    calls: Iterable[tuple[Any, ...]],
-    window: int,
-) -> Iterator[_R]:
-    """``pool.map`` that submits at most ``window`` calls ahead of the results taken, so
-    the arguments of calls not started yet are not all built at once."""
-    pending: collections.deque[Future[_R]] = collections.deque()
-    for args in calls:
-        pending.append(pool.submit(fn, *args))
+def _windowed(pool: PipePool, calls: Iterable[Any], window: int) -> Iterator[Any]:
+    """The answers to ``calls``, in order, with at most ``window`` sent ahead of the
+    answers taken, so the arguments of calls not started yet are not all built at once."""
+    pending: collections.deque[Future[Any]] = collections.deque()
+    for arg in calls:
+        pending.append(pool.submit(arg))
         if len(pending) >= window:
             yield pending.popleft().result()
     while pending:
         yield pending.popleft().result()
 
 
-def _read_pack_forked(pack_id: bytes, indexed: list[_BlobKey]) -> _PackOutcome:
+def _read_pack_forked(task: tuple[bytes, list[_BlobKey]]) -> _PackOutcome:
     assert _FORKED is not None, "only called in a reader forked by _forked_readers"
-    return _FORKED._read_pack(pack_id, indexed)
+    return _FORKED._read_pack(*task)
 
 
 class _Checker:
@@ -405,9 +400,7 @@ class _Checker:
             if _can_fork(self.repo) and total >= _FORK_MIN_PACKS:
                 pool = stack.enter_context(self._forked_readers())
                 # a few packs ahead, not all: each task carries its pack's index entries
-                outcomes = _windowed(
-                    pool, _read_pack_forked, ((p, entries(p)) for p in selected), 2 * cores()
-                )
+                outcomes = _windowed(pool, ((p, entries(p)) for p in selected), 2 * cores())
             else:
                 # Each reader holds a whole pack (16 MiB) and its blobs while it works: one
                 # per backend connection, like restic, not one per metadata worker (measured
@@ -422,7 +415,7 @@ class _Checker:
                 self.report("read-data", i + 1, total)
 
     @contextlib.contextmanager
-    def _forked_readers(self) -> Iterator[ProcessPoolExecutor]:
+    def _forked_readers(self) -> Iterator[PipePool]:
         """Worker processes, one per core, that read packs: per blob the work is native
         (hash, MAC, decrypt, decompress) but the Python around it holds the GIL, and with
         many small blobs two threads measured barely faster than one. The children inherit
@@ -431,15 +424,16 @@ class _Checker:
         parent's own."""
         global _FORKED
         _FORKED = self
-        pool = fork_pool(cores())
         try:
-            yield pool
-        except BaseException:
-            # Ctrl-C or an error: drop the packs not started rather than read them all
-            release_pool(pool, cancel=True)
-            raise
-        else:
-            release_pool(pool, cancel=False)
+            pool = PipePool(_read_pack_forked, cores())
+            try:
+                yield pool
+            except BaseException:
+                # Ctrl-C or an error: stop the readers rather than let them read every pack
+                pool.shutdown(cancel=True)
+                raise
+            else:
+                pool.shutdown(cancel=False)
         finally:
             _FORKED = None
 
