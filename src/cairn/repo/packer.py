@@ -150,16 +150,11 @@ class BlobSaver:
     ) -> tuple[bytes, bool, int]:
         """Store a blob unless the index or a pending pack has it already.
         Returns (id, newly added, stored size incl. the 32 crypto bytes; 0 for a duplicate)."""
-        self._raise_error()
-        if self._closed:
-            raise CairnError("the repository was closed; blobs can no longer be saved")
         if bid is None:
             bid = blob_id(data)
+        if not self._claim(t, bid):
+            return bid, False, 0
         key = (int(t), bid)
-        with self._lock:
-            if key in self._pending or self.index.has(t, bid):
-                return bid, False, 0
-            self._pending.add(key)
         try:
             sealed, ulen = self.sealer().seal(t, data)
         except BaseException:
@@ -183,14 +178,8 @@ class BlobSaver:
         """Store a blob that :meth:`BlobSealer.seal` sealed elsewhere, unless the index or
         a pending pack has it already. ``bid`` must be the plaintext's ID: the caller
         computed it from the data it sealed. True if it was added."""
-        self._raise_error()
-        if self._closed:
-            raise CairnError("the repository was closed; blobs can no longer be saved")
-        key = (int(t), bid)
-        with self._lock:
-            if key in self._pending or self.index.has(t, bid):
-                return False
-            self._pending.add(key)
+        if not self._claim(t, bid):
+            return False
         for full in self._append(t, bid, sealed, ulen):
             self._submit(full)
         return True
@@ -231,6 +220,19 @@ class BlobSaver:
         return len(self._pending)
 
     # --- internals --------------------------------------------------------------
+
+    def _claim(self, t: BlobType, bid: bytes) -> bool:
+        """Reserve a blob for this caller to store: False when the index or a pending pack
+        has it already (a duplicate)."""
+        self._raise_error()
+        if self._closed:
+            raise CairnError("the repository was closed; blobs can no longer be saved")
+        key = (int(t), bid)
+        with self._lock:
+            if key in self._pending or self.index.has(t, bid):
+                return False
+            self._pending.add(key)
+        return True
 
     def _append(
         self, t: BlobType, bid: bytes, sealed: bytearray | memoryview, ulen: int
