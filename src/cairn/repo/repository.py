@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from cairn import heap
 from cairn.backend.base import Backend, FileType, Handle
 from cairn.errors import (
     AlreadyExistsError,
@@ -297,6 +298,7 @@ class Repository:
             for i, _ in enumerate(pool.map(load, names)):
                 if on_loaded is not None:
                     on_loaded(i + 1, len(names))
+        heap.trim()  # the decoded JSON is garbage now: ~6x the index text
 
     # --- blobs ----------------------------------------------------------------------------
 
