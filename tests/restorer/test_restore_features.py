@@ -21,6 +21,8 @@ from tests.restorer.helpers import (
     scan,
 )
 
+pytestmark = pytest.mark.usefixtures("content_writers")
+
 SNAP1 = "495607a5"
 DATASET1 = expected_dataset("1", reduced=False)
 

@@ -17,6 +17,8 @@ from tests.restorer.helpers import (
     open_repo,
 )
 
+pytestmark = pytest.mark.usefixtures("content_writers")
+
 CASES = [(repo, prefix) for repo, snaps in SNAPSHOT_DATASETS.items() for prefix in snaps]
 
 

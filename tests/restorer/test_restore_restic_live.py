@@ -17,6 +17,8 @@ from cairn.ops.restore import restore
 from tests.conftest import run_restic
 from tests.restorer.helpers import open_repo, scan
 
+pytestmark = pytest.mark.usefixtures("content_writers")
+
 IS_ROOT = os.geteuid() == 0
 
 

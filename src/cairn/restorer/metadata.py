@@ -12,7 +12,7 @@ import errno
 import os
 import stat
 
-from cairn.repo.node import MODE_CHARDEV, Node
+from cairn.repo.node import MODE_CHARDEV, ExtendedAttribute, Node
 
 #: True when ownership and device nodes can be restored.
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -68,25 +68,46 @@ def make_special(path: bytes, node: Node) -> str | None:
 
 def apply_metadata(path: bytes, node: Node) -> list[str]:
     """Owner (as root), xattrs, mode (not symlinks), atime/mtime with nanoseconds."""
+    perm = None if node.type == "symlink" else node.perm
+    return set_metadata(
+        path,
+        node.uid,
+        node.gid,
+        node.extended_attributes,
+        perm,
+        node.atime.to_ns(),
+        node.mtime.to_ns(),
+    )
+
+
+def set_metadata(
+    path: bytes,
+    uid: int,
+    gid: int,
+    xattrs: list[ExtendedAttribute],
+    perm: int | None,
+    atime_ns: int,
+    mtime_ns: int,
+) -> list[str]:
+    """What :func:`apply_metadata` does, from the values (``perm`` None: a symlink)."""
     warnings: list[str] = []
-    is_link = node.type == "symlink"
     if IS_ROOT:
         try:
-            os.chown(path, node.uid, node.gid, follow_symlinks=False)
-        except OSError as e:
-            warnings.append(f"{_display(path)}: cannot set owner: {e.strerror}")
-    for xa in node.extended_attributes:
+            os.chown(path, uid, gid, follow_symlinks=False)
+        except (OSError, OverflowError) as e:
+            warnings.append(f"{_display(path)}: cannot set owner: {getattr(e, 'strerror', e)}")
+    for xa in xattrs:
         try:
             os.setxattr(path, xa.name, xa.value or b"", follow_symlinks=False)
         except OSError as e:
             warnings.append(f"{_display(path)}: cannot set xattr {xa.name}: {e.strerror}")
-    if not is_link:
+    if perm is not None:
         try:
-            os.chmod(path, node.perm)
+            os.chmod(path, perm)
         except OSError as e:
             warnings.append(f"{_display(path)}: cannot set mode: {e.strerror}")
     try:
-        os.utime(path, ns=(node.atime.to_ns(), node.mtime.to_ns()), follow_symlinks=False)
+        os.utime(path, ns=(atime_ns, mtime_ns), follow_symlinks=False)
     except (OSError, OverflowError) as e:
         warnings.append(f"{_display(path)}: cannot set times: {e}")
     return warnings

@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, overload
+from typing import TYPE_CHECKING
 
 from cairn.errors import RestoreError
 from cairn.restorer.metadata import apply_metadata, make_dir, make_special, remove_existing
-from cairn.restorer.plan import Plan, Selector, build_plan
+from cairn.restorer.plan import FileTable, Plan, Selector, build_plan
 from cairn.restorer.progress import ProgressCallback, ProgressTracker
 from cairn.restorer.verify import verify_files
 from cairn.restorer.writer import ContentWriter
@@ -70,29 +70,6 @@ def _join(target: bytes, rel: bytes) -> bytes:
     return target + b"/" + rel
 
 
-class _JoinedPaths(Sequence[bytes]):
-    """The target joined to each relative path when asked for, not kept for every file
-    (about 12 MB for 100,000 files)."""
-
-    def __init__(self, root: bytes, rels: list[bytes]):
-        self.root = root
-        self.rels = rels
-
-    def __len__(self) -> int:
-        return len(self.rels)
-
-    @overload
-    def __getitem__(self, i: int) -> bytes: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> list[bytes]: ...
-
-    def __getitem__(self, i: int | slice) -> bytes | list[bytes]:
-        if isinstance(i, slice):
-            return [_join(self.root, r) for r in self.rels[i]]
-        return _join(self.root, self.rels[i])
-
-
 def restore_tree(
     repo: Repository,
     tree_id: bytes,
@@ -113,8 +90,9 @@ def restore_tree(
     selector = Selector(include, exclude)
     root = check_target(target)
     plan = build_plan(repo, tree_id, selector)
+    table = plan.files
     report = RestoreReport()
-    tracker = ProgressTracker(progress, len(plan.files), plan.total_bytes)
+    tracker = ProgressTracker(progress, len(table), table.total_bytes)
     tracker.set_phase("content")
     failed: dict[bytes, str] = {}
 
@@ -133,26 +111,22 @@ def restore_tree(
         else:
             report.others += 1
 
-    unique = [(i, f) for i, f in enumerate(plan.files) if f.link_to is None]
-    to_write = [(i, f) for i, f in unique if not _parent_failed(f.path, dir_failed)]
+    unique = [f for f in range(len(table)) if f not in table.link_to]
+    to_write = [f for f in unique if not _parent_failed(table.paths[f], dir_failed)]
     writer = ContentWriter(
-        repo,
-        _JoinedPaths(root, [f.path for _, f in to_write]),
-        [f.node for _, f in to_write],
-        tracker,
-        sparse=sparse,
-        workers=workers,
-        metadata=True,
+        repo, root, table, to_write, tracker, sparse=sparse, workers=workers, metadata=True
     )
     writer.run()
     report.warnings.extend(writer.warnings)
-    for k, message in writer.failed.items():
-        failed[to_write[k][1].path] = message
-    for _, f in unique:
-        if f.path not in failed and _parent_failed(f.path, dir_failed):
-            failed[f.path] = f"{_shown(root, f.path)}: its directory could not be created"
+    for f, message in writer.failed.items():
+        failed[table.paths[f]] = message
+    if dir_failed:
+        for f in unique:
+            rel = table.paths[f]
+            if rel not in failed and _parent_failed(rel, dir_failed):
+                failed[rel] = f"{_shown(root, rel)}: its directory could not be created"
 
-    _link_hardlinks(root, plan, failed)
+    _link_hardlinks(root, table, failed)
 
     # The writer set each file's metadata as its content completed.
     tracker.set_phase("metadata")
@@ -163,15 +137,15 @@ def restore_tree(
         if rel not in failed:
             report.warnings.extend(apply_metadata(_join(root, rel), node))
 
-    files_ok = [f for f in plan.files if f.path not in failed]
+    files_ok = [f for f in range(len(table)) if table.paths[f] not in failed]
     report.files = len(files_ok)
     report.dirs = sum(1 for rel, _ in plan.dirs if rel not in failed)
-    report.bytes_written = sum(f.node.size for f in files_ok if f.link_to is None)
+    report.bytes_written = sum(table.sizes[f] for f in files_ok if f not in table.link_to)
 
     if verify:
         tracker.set_phase("verify", reset=True)
-        check = [(_join(root, f.path), f.node) for f in files_ok if f.link_to is None]
-        mismatches = verify_files(repo, check, tracker, workers)
+        check = [f for f in files_ok if f not in table.link_to]
+        mismatches = verify_files(repo, root, table, check, tracker, workers)
         report.errors.extend(mismatches)
         report.verified_files = len(check) - len(mismatches)
 
@@ -215,23 +189,19 @@ def _create_dirs(root: bytes, plan: Plan, failed: dict[bytes, str]) -> set[bytes
     return bad
 
 
-def _link_hardlinks(root: bytes, plan: Plan, failed: dict[bytes, str]) -> None:
+def _link_hardlinks(root: bytes, table: FileTable, failed: dict[bytes, str]) -> None:
     """Every further name of a hard-linked file becomes a link to the first one restored."""
-    for f in plan.files:
-        if f.link_to is None:
+    for f, first in table.link_to.items():
+        rel, first_rel = table.paths[f], table.paths[first]
+        if first_rel in failed:
+            failed[rel] = f"{_shown(root, rel)}: not linked, {_shown(root, first_rel)} failed"
             continue
-        first = plan.files[f.link_to]
-        if first.path in failed:
-            failed[f.path] = (
-                f"{_shown(root, f.path)}: not linked, {_shown(root, first.path)} failed"
-            )
-            continue
-        path = _join(root, f.path)
+        path = _join(root, rel)
         try:
             remove_existing(path)
-            os.link(_join(root, first.path), path)
+            os.link(_join(root, first_rel), path)
         except OSError as e:
-            failed[f.path] = f"{_shown(root, f.path)}: cannot create hard link: {e.strerror}"
+            failed[rel] = f"{_shown(root, rel)}: cannot create hard link: {e.strerror}"
 
 
 def verify_tree(
@@ -248,12 +218,12 @@ def verify_tree(
     only (what ``--verify`` does after writing); mismatches are the report's errors."""
     started = time.monotonic()
     root = os.path.abspath(os.fsencode(target))
-    plan = build_plan(repo, tree_id, Selector(include, exclude))
-    files = [(_join(root, f.path), f.node) for f in plan.files if f.link_to is None]
-    tracker = ProgressTracker(progress, len(files), sum(n.size for _, n in files))
+    table = build_plan(repo, tree_id, Selector(include, exclude)).files
+    files = [f for f in range(len(table)) if f not in table.link_to]
+    tracker = ProgressTracker(progress, len(files), table.total_bytes)
     tracker.set_phase("verify")
     report = RestoreReport()
-    report.errors = verify_files(repo, files, tracker, workers)
+    report.errors = verify_files(repo, root, table, files, tracker, workers)
     report.verified_files = len(files) - len(report.errors)
     report.duration = time.monotonic() - started
     return report

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from cairn.repo.ids import BlobType
-from cairn.repo.node import Node
+from cairn.restorer.plan import FileTable
 from cairn.restorer.progress import ProgressTracker
 
 if TYPE_CHECKING:
@@ -31,8 +31,8 @@ def _buffer(size: int) -> memoryview:
     return memoryview(buf)[:size]
 
 
-def verify_file(repo: Repository, path: bytes, node: Node) -> str | None:
-    """None when ``path`` holds exactly the content ``node`` describes, else why not."""
+def verify_file(repo: Repository, path: bytes, content: Sequence[bytes]) -> str | None:
+    """None when ``path`` holds exactly the blobs ``content``, in order, else why not."""
     name = os.fsdecode(path)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -40,7 +40,7 @@ def verify_file(repo: Repository, path: bytes, node: Node) -> str | None:
         return f"{name}: cannot open for verification: {e.strerror}"
     try:
         offset = 0
-        for bid in node.content or ():
+        for bid in content:
             pb = repo.index.lookup(BlobType.DATA, bid)
             if pb is None:
                 return f"{name}: data blob {bid.hex()[:16]} is not in the index"
@@ -66,17 +66,20 @@ def verify_file(repo: Repository, path: bytes, node: Node) -> str | None:
 
 def verify_files(
     repo: Repository,
-    files: Sequence[tuple[bytes, Node]],
+    root: bytes,
+    table: FileTable,
+    numbers: Sequence[int],
     tracker: ProgressTracker | None = None,
     workers: int = 4,
 ) -> list[str]:
-    """Verify many files in parallel; returns the mismatch messages (empty when all match)."""
+    """Verify the files ``numbers`` of ``table`` under ``root`` in parallel; returns the
+    mismatch messages (empty when all match)."""
 
-    def one(item: tuple[bytes, Node]) -> str | None:
-        result = verify_file(repo, *item)
+    def one(f: int) -> str | None:
+        result = verify_file(repo, root + b"/" + table.paths[f], table.content(f))
         if tracker is not None:
-            tracker.add(files=1, nbytes=item[1].size)
+            tracker.add(files=1, nbytes=table.sizes[f])
         return result
 
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="cairn-verify") as ex:
-        return [msg for msg in ex.map(one, files) if msg is not None]
+        return [msg for msg in ex.map(one, numbers) if msg is not None]

@@ -1,11 +1,11 @@
 """The content pipeline: read each pack once, write every blob to every place that uses it.
 
 Blobs are grouped by pack so that each pack is read with few ranged requests
-(``Repository.read_pack_blobs``); worker threads each take one pack at a time, and the
-repository layer decrypts, decompresses and verifies in the calling thread (native code
-releasing the GIL), so packs are processed in parallel. Files are pre-created at their
-final size and blobs land with ``pwrite`` at their offsets, so memory is bounded by the
-blobs in flight (workers x one read span), never by file size.
+(``Repository.read_pack_blobs``); workers each take one pack at a time: forked processes
+on a local repository (:mod:`cairn.restorer.forked`), else threads (the repository layer
+decrypts, decompresses and verifies in native code that releases the GIL). Files are
+pre-created at their final size and blobs land with ``pwrite`` at their offsets, so
+memory is bounded by the blobs in flight (workers x one read span), never by file size.
 
 Sparse restore (the default, like ``restic restore --sparse``): the all-zero 512 KiB chunk
 that the chunker produces for runs of zeros is never read nor written, and aligned 64 KiB
@@ -19,15 +19,18 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from cairn import heap
 from cairn.errors import CairnError
+from cairn.repo.crypto import OVERHEAD
 from cairn.repo.ids import BlobType
 from cairn.repo.index import PackedBlob
-from cairn.repo.node import Node
-from cairn.restorer.metadata import apply_metadata, remove_existing
+from cairn.restorer.metadata import remove_existing, set_metadata
+from cairn.restorer.plan import FileTable
 from cairn.restorer.progress import ProgressTracker
 
 if TYPE_CHECKING:
@@ -44,26 +47,57 @@ _REWRITE_FLAGS = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFO
 
 
 @dataclass(slots=True)
-class _Use:
-    """One place a blob goes: file number and offset."""
+class PackWork:
+    """One pack's blobs to restore and where each goes, in arrays: small to keep for
+    every pack at once and cheap to send to a worker process."""
 
-    file: int
-    offset: int
-
-
-#: where a blob goes: one place, or a list of them (a chunk that several files share)
-_Uses = _Use | list[_Use]
-
-
-def _each(uses: _Uses) -> list[_Use]:
-    return uses if isinstance(uses, list) else [uses]
-
-
-@dataclass(slots=True)
-class _PackWork:
     pack_id: bytes
-    blobs: list[PackedBlob]
-    uses: dict[bytes, _Uses]
+    #: the blobs' IDs, 32 bytes each, and where they are stored in the pack
+    ids: bytearray = field(default_factory=bytearray)
+    offsets: array[int] = field(default_factory=lambda: array("q"))
+    lengths: array[int] = field(default_factory=lambda: array("q"))
+    uncompressed: array[int] = field(default_factory=lambda: array("q"))
+    #: the uses: use u writes blob ``use_blob[u]`` to file ``use_file[u]`` at ``use_offset[u]``
+    use_blob: array[int] = field(default_factory=lambda: array("q"))
+    use_file: array[int] = field(default_factory=lambda: array("q"))
+    use_offset: array[int] = field(default_factory=lambda: array("q"))
+
+    def add_blob(self, pb: PackedBlob) -> int:
+        self.ids += pb.id
+        self.offsets.append(pb.offset)
+        self.lengths.append(pb.length)
+        self.uncompressed.append(pb.uncompressed_length)
+        return len(self.offsets) - 1
+
+    def add_use(self, blob: int, file: int, offset: int) -> None:
+        self.use_blob.append(blob)
+        self.use_file.append(file)
+        self.use_offset.append(offset)
+
+    def blobs(self) -> list[PackedBlob]:
+        ids = self.ids
+        return [
+            PackedBlob(
+                BlobType.DATA,
+                bytes(ids[32 * i : 32 * i + 32]),
+                self.pack_id,
+                self.offsets[i],
+                self.lengths[i],
+                self.uncompressed[i],
+            )
+            for i in range(len(self.offsets))
+        ]
+
+    def uses_by_blob(self) -> list[list[int]]:
+        """For each blob, the numbers of its uses."""
+        by_blob: list[list[int]] = [[] for _ in self.offsets]
+        for u, b in enumerate(self.use_blob):
+            by_blob[b].append(u)
+        return by_blob
+
+    def blob_bytes(self) -> int:
+        """Plaintext bytes of every use."""
+        return sum(self.uncompressed[b] or self.lengths[b] - OVERHEAD for b in self.use_blob)
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
@@ -115,16 +149,20 @@ _MAX_OPEN_PER_WORKER = 64
 
 #: A file's state in ContentWriter: not yet on disk, being created, created (or failed).
 _NEW, _CREATING, _READY = 0, 1, 2
+#: A spanning file's count of uses left while workers write it: never reaches zero there.
+_NOT_IN_WORKER = 1 << 62
 
 
 class ContentWriter:
-    """Restores the content of regular files; collects per-file failures."""
+    """Restores the content of the regular files ``numbers`` of ``table`` under ``root``;
+    collects per-file failures (by file number)."""
 
     def __init__(
         self,
         repo: Repository,
-        paths: Sequence[bytes],
-        nodes: Sequence[Node],
+        root: bytes,
+        table: FileTable,
+        numbers: list[int],
         tracker: ProgressTracker,
         *,
         sparse: bool = True,
@@ -132,23 +170,30 @@ class ContentWriter:
         metadata: bool = False,
     ) -> None:
         self.repo = repo
-        self.paths = paths
-        self.nodes = nodes
+        self.root = root
+        self.table = table
+        self.numbers = numbers
         self.tracker = tracker
         self.sparse = sparse
         self.workers = max(1, workers)
-        #: Apply each file's metadata as soon as its content is complete, in the thread
+        #: Apply each file's metadata as soon as its content is complete, in the worker
         #: that completed it (spreads the chmod/chown/utime calls over the workers).
         self.metadata = metadata
         #: file number -> first error message
         self.failed: dict[int, str] = {}
         #: files whose size in the tree differs from their content
         self.warnings: list[str] = []
-        self._remaining = [0] * len(paths)
-        self._sizes: list[int] = []
+        n = len(table)
+        self._remaining = [0] * n
+        self._sizes = array("q", bytes(8 * n))
         self._lock = threading.Lock()
         self._created = threading.Condition(self._lock)
-        self._state = [_NEW] * len(paths)
+        self._state = bytearray(n)  # _NEW
+        #: files with blobs in more than one pack (found by ``_group``)
+        self._spanning: list[int] = []
+
+    def path(self, f: int) -> bytes:
+        return self.root + b"/" + self.table.paths[f]
 
     # --- bookkeeping ------------------------------------------------------------
 
@@ -171,7 +216,7 @@ class ContentWriter:
         """File ``f`` has all its content: set its metadata (when asked to)."""
         if not self.metadata or f in self.failed:
             return
-        warnings = apply_metadata(self.paths[f], self.nodes[f])
+        warnings = set_metadata(self.path(f), *self.table.meta(f))
         if warnings:
             with self._lock:
                 self.warnings.extend(warnings)
@@ -188,11 +233,11 @@ class ContentWriter:
         if not create:
             if f in self.failed:
                 return None
-            return os.open(self.paths[f], _REWRITE_FLAGS)
+            return os.open(self.path(f), _REWRITE_FLAGS)
         try:
-            return create_file(self.paths[f], self._sizes[f])
+            return create_file(self.path(f), self._sizes[f])
         except OSError as e:
-            self._fail(f, f"{os.fsdecode(self.paths[f])}: cannot create: {e.strerror}")
+            self._fail(f, f"{os.fsdecode(self.path(f))}: cannot create: {e.strerror}")
             return None
         finally:
             with self._lock:
@@ -201,57 +246,77 @@ class ContentWriter:
 
     # --- planning ---------------------------------------------------------------
 
-    def _group(self) -> list[_PackWork]:
+    def _group(self) -> list[PackWork]:
         """Look up every content blob and group the uses by pack."""
-        index = self.repo.index
-        packs: dict[bytes, _PackWork] = {}
-        for f, node in enumerate(self.nodes):
+        lookup = self.repo.index.lookup
+        table = self.table
+        packs: dict[bytes, PackWork] = {}
+        #: blob ID -> its pack's work and its number there (the index gives one copy)
+        placed: dict[bytes, tuple[PackWork, int]] = {}
+        for f in self.numbers:
             offset = 0
             count = 0
-            for bid in node.content or ():
-                pb = index.lookup(BlobType.DATA, bid)
-                if pb is None:
-                    path = os.fsdecode(self.paths[f])
-                    self._fail(f, f"{path}: data blob {bid.hex()} is not in the index")
-                    break
-                length = pb.plaintext_length
-                if not (self.sparse and bid == ZERO_CHUNK_ID):
+            first_pack = None
+            spanning = False
+            for bid in table.content(f):
+                at = placed.get(bid)
+                if at is None:
+                    pb = lookup(BlobType.DATA, bid)
+                    if pb is None:
+                        path = os.fsdecode(self.path(f))
+                        self._fail(f, f"{path}: data blob {bid.hex()} is not in the index")
+                        break
+                    length = pb.plaintext_length
+                    if self.sparse and bid == ZERO_CHUNK_ID:
+                        offset += length
+                        continue
                     work = packs.get(pb.pack_id)
                     if work is None:
-                        work = packs[pb.pack_id] = _PackWork(pb.pack_id, [], {})
-                    use = _Use(f, offset)
-                    uses = work.uses.get(bid)
-                    if uses is None:
-                        work.uses[bid] = use  # most blobs have one use: no list for them
-                        work.blobs.append(pb)
-                    elif isinstance(uses, list):
-                        uses.append(use)
-                    else:
-                        work.uses[bid] = [uses, use]
-                    count += 1
-                offset += length
-            if offset != node.size and f not in self.failed:
+                        work = packs[pb.pack_id] = PackWork(pb.pack_id)
+                    at = placed[bid] = (work, work.add_blob(pb))
+                work, b = at
+                if first_pack is None:
+                    first_pack = work
+                elif work is not first_pack:
+                    spanning = True
+                work.add_use(b, f, offset)
+                count += 1
+                offset += work.uncompressed[b] or work.lengths[b] - OVERHEAD
+            if offset != table.sizes[f] and f not in self.failed:
                 self.warnings.append(
-                    f"{os.fsdecode(self.paths[f])}: content is {offset} bytes, "
-                    f"the snapshot says {node.size}"
+                    f"{os.fsdecode(self.path(f))}: content is {offset} bytes, "
+                    f"the snapshot says {table.sizes[f]}"
                 )
             self._remaining[f] = count
-            self._sizes.append(offset)
+            self._sizes[f] = offset
+            if spanning:
+                self._spanning.append(f)
         return sorted(packs.values(), key=lambda w: w.pack_id)
 
     # --- running ----------------------------------------------------------------
 
     def run(self) -> None:
-        """Fill the files pack by pack with worker threads. A file is created when its
+        """Fill the files pack by pack, in worker processes where that works (see
+        :mod:`cairn.restorer.forked`), else in worker threads. A file is created when its
         first blob arrives (so creating 100k files does not hold the workers back); files
         without blobs to write are created by this thread meanwhile."""
         work = self._group()
+        heap.trim()  # the lookups' garbage
         # Files that already failed (a blob missing from the index) are never written:
         # they and the files without blobs are this thread's to create.
-        idle = [f for f in range(len(self.paths)) if f in self.failed or not self._remaining[f]]
+        idle = [f for f in self.numbers if f in self.failed or not self._remaining[f]]
         for f in idle:
             self._remaining[f] = 0
-        jobs: queue.SimpleQueue[_PackWork | None] = queue.SimpleQueue()
+        from cairn.restorer import forked  # noqa: PLC0415 - it imports this module
+
+        processes = forked.processes_for(self.repo, len(work), self.workers)
+        if processes > 1:
+            forked.run_forked(self, work, idle, processes)
+        else:
+            self._run_threads(work, idle)
+
+    def _run_threads(self, work: list[PackWork], idle: list[int]) -> None:
+        jobs: queue.SimpleQueue[PackWork | None] = queue.SimpleQueue()
         for w in work:
             jobs.put(w)
         threads = [
@@ -262,92 +327,139 @@ class ContentWriter:
             jobs.put(None)
         for t in threads:
             t.start()
+        self.create_idle(work, idle)
+        for t in threads:
+            t.join()
+
+    def create_idle(self, work: list[PackWork], idle: list[int]) -> None:
+        """Create the files that get no blob written (empty, all zeros, or failed)."""
         for f in idle:
             fd = self._open(f)
             if fd is not None:
                 os.close(fd)
                 self._finish(f)
         # files without blobs to write, and the zero chunks skipped, are done right away
-        self.tracker.add(files=len(idle), nbytes=self._zero_bytes(work))
-        for t in threads:
-            t.join()
+        zero_bytes = sum(self._sizes[f] for f in self.numbers) - sum(w.blob_bytes() for w in work)
+        self.tracker.add(files=len(idle), nbytes=zero_bytes)
 
-    def _zero_bytes(self, work: list[_PackWork]) -> int:
-        """Bytes that need no write at all (the skipped zero chunks)."""
-        total = sum(self._sizes)
-        for w in work:
-            for b in w.blobs:
-                total -= b.plaintext_length * len(_each(w.uses[b.id]))
-        return total
+    # --- for the forked workers (cairn.restorer.forked) -------------------------------
 
-    def _worker(self, jobs: queue.SimpleQueue[_PackWork | None]) -> None:
+    def spanning_files(self) -> list[int]:
+        """Files with blobs in more than one pack, none of them failed yet."""
+        return [f for f in self._spanning if f not in self.failed]
+
+    def create_spanning(self, f: int) -> None:
+        """Create file ``f`` (with blobs in several packs) before the workers fork, so
+        that each only opens it; its metadata waits for :meth:`finish_spanning`."""
+        fd = self._open(f)
+        if fd is not None:
+            os.close(fd)
+        self._remaining[f] = _NOT_IN_WORKER
+
+    def finish_spanning(self) -> None:
+        """Every pack is written: set the metadata of the files created by
+        :meth:`create_spanning`."""
+        done = 0
+        for f in self._spanning:
+            if f not in self.failed:
+                self._finish(f)
+                done += 1
+        self.tracker.add(files=done)
+
+    def absorb(
+        self, files: int, nbytes: int, failed: list[tuple[int, str]], warnings: list[str]
+    ) -> None:
+        """Take in what a worker process did with one pack."""
+        with self._lock:
+            for f, message in failed:
+                self.failed.setdefault(f, message)
+            self.warnings.extend(warnings)
+        self.tracker.add(files=files, nbytes=nbytes)
+
+    # --- one pack -----------------------------------------------------------------
+
+    def _worker(self, jobs: queue.SimpleQueue[PackWork | None]) -> None:
         while True:
             w = jobs.get()
             if w is None:
                 return
-            pending = dict(w.uses)
-            try:
-                self._restore_pack(w, pending)
-            except Exception as e:  # noqa: BLE001 - a failing pack only fails its files
-                msg = f"pack {w.pack_id.hex()[:16]}: {e or type(e).__name__}"
-                for uses in pending.values():
-                    for u in _each(uses):
-                        self._fail(u.file, f"{os.fsdecode(self.paths[u.file])}: {msg}")
-                self._done_uses(_count_uses(pending.values()), 0)
+            self.restore_work(w)
 
-    def _restore_pack(self, w: _PackWork, pending: dict[bytes, _Uses]) -> None:
-        """Write the blobs of one pack; ``pending`` loses each blob as it is handled.
+    def restore_work(self, w: PackWork) -> None:
+        """Write one pack's blobs; a pack that fails fails the files it had left."""
+        uses = w.uses_by_blob()
+        try:
+            self._restore_pack(w, uses)
+        except Exception as e:  # noqa: BLE001 - a failing pack only fails its files
+            self.fail_pack(w, uses, f"{e or type(e).__name__}")
+
+    def fail_pack(self, w: PackWork, uses: list[list[int]], error: str) -> None:
+        """The blobs of pack ``w`` that still have ``uses`` were not written: fail the
+        files they go to."""
+        msg = f"pack {w.pack_id.hex()[:16]}: {error}"
+        left = [u for us in uses for u in us]
+        for u in left:
+            f = w.use_file[u]
+            self._fail(f, f"{os.fsdecode(self.path(f))}: {msg}")
+        self._done_uses(_count_files(w, left), 0)
+
+    def _restore_pack(self, w: PackWork, uses: list[list[int]]) -> None:
+        """Write the blobs of one pack; ``uses`` loses each blob's uses as it is handled.
 
         A file's descriptor is closed after its last blob in this pack: one pack can hold
         thousands of small files, more than the process may have open (a restore of
         /usr/share failed with EMFILE when each stayed open until the pack was done)."""
         fds: dict[int, int] = {}
-        left = _count_uses(w.uses.values())
+        left = _count_files(w, range(len(w.use_file)))
+        number = {offset: b for b, offset in enumerate(w.offsets)}
         try:
-            for pb, result in self.repo.read_pack_blobs(w.pack_id, w.blobs):
-                found = pending.pop(pb.id, None)
-                if found is None:
+            for pb, result in self.repo.read_pack_blobs(w.pack_id, w.blobs()):
+                b = number[pb.offset]
+                mine = uses[b]
+                if not mine:
                     continue
-                uses = _each(found)
+                uses[b] = []
                 data = result if isinstance(result, bytes) else self._other_copy(pb, result)
                 if isinstance(data, CairnError):
-                    for u in uses:
-                        self._fail(u.file, f"{os.fsdecode(self.paths[u.file])}: {data}")
-                        self._release_fd(fds, left, u.file)
-                    self._done_uses(_count_uses([uses]), 0)
+                    for u in mine:
+                        f = w.use_file[u]
+                        self._fail(f, f"{os.fsdecode(self.path(f))}: {data}")
+                        self._release_fd(fds, left, f)
+                    self._done_uses(_count_files(w, mine), 0)
                     continue
                 written = 0
-                for u in uses:
+                for u in mine:
+                    f = w.use_file[u]
                     try:
-                        if self._write_use(fds, u, data):
+                        if self._write_use(fds, f, w.use_offset[u], data):
                             written += len(data)
                     finally:
-                        self._release_fd(fds, left, u.file)
-                self._done_uses(_count_uses([uses]), written)
+                        self._release_fd(fds, left, f)
+                self._done_uses(_count_files(w, mine), written)
         finally:
             for fd in fds.values():
                 os.close(fd)
-        if pending:
+        if any(uses):
             raise CairnError("the pack did not return every requested blob")
 
-    def _write_use(self, fds: dict[int, int], u: _Use, data: bytes) -> bool:
+    def _write_use(self, fds: dict[int, int], f: int, offset: int, data: bytes) -> bool:
         """Write one blob to one place; False when the file failed (now or before)."""
-        if u.file in self.failed:
+        if f in self.failed:
             return False
         try:
-            fd = fds.get(u.file)
+            fd = fds.get(f)
             if fd is None:
-                fd = self._open(u.file)
+                fd = self._open(f)
                 if fd is None:
                     return False
                 if len(fds) >= _MAX_OPEN_PER_WORKER:
                     # Many files interleaved in one pack: close the longest-open one (it
                     # is opened again if it has more blobs here).
                     os.close(fds.pop(next(iter(fds))))
-                fds[u.file] = fd
-            write_blob(fd, data, u.offset, self.sparse)
+                fds[f] = fd
+            write_blob(fd, data, offset, self.sparse)
         except OSError as e:
-            self._fail(u.file, f"{os.fsdecode(self.paths[u.file])}: cannot write: {e.strerror}")
+            self._fail(f, f"{os.fsdecode(self.path(f))}: cannot write: {e.strerror}")
             return False
         return True
 
@@ -370,9 +482,10 @@ class ContentWriter:
             return error
 
 
-def _count_uses(use_lists: Iterable[_Uses]) -> dict[int, int]:
+def _count_files(w: PackWork, uses: Iterable[int]) -> dict[int, int]:
+    """How many of ``uses`` go to each file."""
     counts: dict[int, int] = {}
-    for uses in use_lists:
-        for u in _each(uses):
-            counts[u.file] = counts.get(u.file, 0) + 1
+    for u in uses:
+        f = w.use_file[u]
+        counts[f] = counts.get(f, 0) + 1
     return counts
