@@ -159,10 +159,16 @@ def _blob_key(b: PackedBlob) -> _BlobKey:
 
 def predicted_pack_size(blobs: Iterable[PackedBlob]) -> int:
     """Pack size implied by its index entries (spec §7.2)."""
-    total = OVERHEAD + 4
-    for b in blobs:
-        total += b.length + (COMPRESSED_ENTRY if b.uncompressed_length else PLAIN_ENTRY)
-    return total
+    listed = list(blobs)
+    compressed = sum(1 for b in listed if b.uncompressed_length)
+    return _pack_size(sum(b.length for b in listed), compressed, len(listed))
+
+
+def _pack_size(stored: int, compressed: int, count: int) -> int:
+    """A pack's size from its blobs' stored bytes, and how many of its ``count`` blobs are
+    compressed (their header entries are longer): blobs, sealed header, its length."""
+    header = compressed * COMPRESSED_ENTRY + (count - compressed) * PLAIN_ENTRY + OVERHEAD
+    return stored + header + 4
 
 
 #: a tree's subtrees and the errors of its own nodes
@@ -269,15 +275,16 @@ class _Checker:
             self.report("packs", i + 1, len(by_pack))
             size = listed.get(pack_id)
             name = pack_id.hex()
-            blobs = index.blobs_at(records)
-            ids = [b.id for b in blobs]
             if size is None:
+                ids = [e[1] for e in index.entries_at(records)]
                 self.error(
                     CheckError("pack-missing", f"pack {name[:16]} does not exist", name, blobs=ids)
                 )
                 continue
-            want = predicted_pack_size(blobs)
+            stored, compressed = index.stored_at(records)
+            want = _pack_size(stored, compressed, len(records))
             if size != want:
+                ids = [e[1] for e in index.entries_at(records)]
                 self.error(
                     CheckError(
                         "pack-size",
@@ -347,11 +354,14 @@ class _Checker:
 
     def _check_node(self, tid: bytes, node: Node, errors: list[CheckError]) -> bytes | None:
         """Appends the node's errors; returns the subtree to visit."""
-        where = f"tree {tid.hex()[:16]}, {node.type} {node.name.decode('utf-8', 'replace')!r}"
+
+        def where() -> str:  # built only for an error: this runs for every node
+            return f"tree {tid.hex()[:16]}, {node.type} {node.name.decode('utf-8', 'replace')!r}"
+
         if node.type == "file":
             if node.content is None:
                 errors.append(
-                    CheckError("tree-invalid", f"{where}: file has no content list", blobs=[tid])
+                    CheckError("tree-invalid", f"{where()}: file has no content list", blobs=[tid])
                 )
                 return None
             has = self.repo.index.has
@@ -360,7 +370,7 @@ class _Checker:
                     errors.append(
                         CheckError(
                             "blob-missing",
-                            f"{where}: data blob #{i} {bid.hex()[:16]} is not in the index",
+                            f"{where()}: data blob #{i} {bid.hex()[:16]} is not in the index",
                             blob=bid.hex(),
                             blobs=[bid],
                         )
@@ -368,14 +378,14 @@ class _Checker:
         elif node.type == "dir":
             if node.subtree is None:
                 errors.append(
-                    CheckError("tree-invalid", f"{where}: directory has no subtree", blobs=[tid])
+                    CheckError("tree-invalid", f"{where()}: directory has no subtree", blobs=[tid])
                 )
                 return None
             if not self.repo.index.has(BlobType.TREE, node.subtree):
                 errors.append(
                     CheckError(
                         "blob-missing",
-                        f"{where}: tree {node.subtree.hex()[:16]} is not in the index",
+                        f"{where()}: tree {node.subtree.hex()[:16]} is not in the index",
                         blob=node.subtree.hex(),
                         blobs=[node.subtree],
                     )
@@ -383,17 +393,17 @@ class _Checker:
                 return None
             return node.subtree
         elif node.type not in ("symlink", "dev", "chardev", "fifo", "socket", "irregular"):
-            errors.append(CheckError("tree-invalid", f"{where}: unknown node type", blobs=[tid]))
+            errors.append(CheckError("tree-invalid", f"{where()}: unknown node type", blobs=[tid]))
         return None
 
     # --- data -----------------------------------------------------------------------
 
     def read_packs(self, by_pack: dict[bytes, array[int]], selected: list[bytes]) -> None:
         total = len(selected)
-        blobs_at = self.repo.index.blobs_at
+        entries_at = self.repo.index.entries_at
 
         def entries(pack_id: bytes) -> list[_BlobKey]:
-            return [_blob_key(b) for b in blobs_at(by_pack.get(pack_id, ()))]
+            return entries_at(by_pack.get(pack_id, ()))
 
         with contextlib.ExitStack() as stack:
             outcomes: Iterator[_PackOutcome]

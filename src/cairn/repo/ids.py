@@ -36,3 +36,7 @@ def from_hex(text: str) -> bytes:
 
 #: The tree of an empty directory, the same in every repository.
 EMPTY_TREE_ID = bytes.fromhex("ac08ce34ba4f8123618661bef2425f7028ffb9ac740578a3ee88684d2523fee8")
+
+
+#: BlobType by value, without the enum's call (a pack header or index record per blob)
+BLOB_TYPES = (BlobType.DATA, BlobType.TREE)

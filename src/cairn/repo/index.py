@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import operator
 import re
 import struct
 import sys
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 from cairn.errors import FormatError
 from cairn.repo.crypto import OVERHEAD
-from cairn.repo.ids import BlobType
+from cairn.repo.ids import BLOB_TYPES, BlobType
 
 #: restic starts a new index file after this many blobs.
 INDEX_FILE_BLOBS = 50_000
@@ -51,6 +52,9 @@ class PackedBlob:
 #: One record: id[8:32], pack number | type << 31, offset, length, uncompressed length.
 _REC = struct.Struct("<24sIIII")
 _REC_SIZE = _REC.size
+#: a record's length and uncompressed length (its last 8 bytes)
+_LENGTHS = struct.Struct("<II")
+_by_offset = operator.itemgetter(2)
 _TYPE_BIT = 1 << 31
 _MAX_LOAD = 0.75
 
@@ -110,7 +114,12 @@ class MasterIndex:
         if bid is None:
             bid = self._prefix[r].to_bytes(8, "little") + tail
         return PackedBlob(
-            BlobType(packword >> 31), bid, self._packs[packword & ~_TYPE_BIT], offset, length, ulen
+            BLOB_TYPES[packword >> 31],
+            bid,
+            self._packs[packword & ~_TYPE_BIT],
+            offset,
+            length,
+            ulen,
         )
 
     def lookup(self, t: BlobType, blob_id: bytes) -> PackedBlob | None:
@@ -179,6 +188,33 @@ class MasterIndex:
         blobs = [self._blob(r) for r in records]
         blobs.sort(key=lambda b: b.offset)
         return blobs
+
+    def entries_at(self, records: Iterable[int]) -> list[tuple[int, bytes, int, int, int]]:
+        """What :meth:`blobs_at` gives, as plain tuples (type, ID, offset, length,
+        uncompressed length): ``check --read-data`` sends them to its readers, and a
+        tuple costs a third of a PackedBlob to build."""
+        rest = self._rest
+        prefix = self._prefix
+        unpack = _REC.unpack_from
+        out = []
+        for r in records:
+            tail, packword, offset, length, ulen = unpack(rest, r * _REC_SIZE)
+            bid = prefix[r].to_bytes(8, "little") + tail
+            out.append((packword >> 31, bid, offset, length, ulen))
+        out.sort(key=_by_offset)
+        return out
+
+    def stored_at(self, records: Iterable[int]) -> tuple[int, int]:
+        """(stored bytes, how many are compressed) of these records: a pack's expected
+        size without building its blobs."""
+        rest = self._rest
+        unpack = _LENGTHS.unpack_from
+        total = compressed = 0
+        for r in records:
+            length, ulen = unpack(rest, r * _REC_SIZE + 32)
+            total += length
+            compressed += ulen != 0
+        return total, compressed
 
     # --- writing --------------------------------------------------------------
 

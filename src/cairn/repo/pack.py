@@ -14,7 +14,7 @@ from cairn.backend.base import Backend, FileType, Handle
 from cairn.errors import FormatError, IntegrityError
 from cairn.repo.compression import decompress
 from cairn.repo.crypto import OVERHEAD, Key
-from cairn.repo.ids import BlobType
+from cairn.repo.ids import BLOB_TYPES, BlobType
 from cairn.repo.index import PackedBlob
 
 PLAIN_ENTRY = 37  # type(1) || LE32 length || id(32)
@@ -70,7 +70,7 @@ def parse_header(plain: bytes | memoryview, pack_id: bytes) -> list[PackedBlob]:
             raise FormatError(f"pack header has an invalid entry type {kind}")
         if length < OVERHEAD:
             raise FormatError(f"pack header lists a blob of {length} bytes")
-        out.append(PackedBlob(BlobType(kind & 1), bid, pack_id, offset, length, ulen))
+        out.append(PackedBlob(BLOB_TYPES[kind & 1], bid, pack_id, offset, length, ulen))
         offset += length
     return out
 
