@@ -19,6 +19,7 @@ from cairn.errors import RestoreError
 from cairn.forking import fork_available
 from cairn.ops.backup import BackupOptions, backup
 from cairn.ops.restore import restore
+from cairn.repo.cache import Cache
 from cairn.repo.keys import KdfParams
 from cairn.repo.repository import Repository
 from cairn.restorer import forked
@@ -98,6 +99,20 @@ def test_processes_restore_the_tree_exactly(
     # the file whose blobs lie in several packs was created and finished by the parent
     spans = os.fsencode(str(src / "spans-packs.bin"))
     assert len({pb.pack_id for pb in _blob_copies(repo_path, spans)}) > 1
+
+
+def test_processes_also_restore_through_the_local_cache(
+    backed_up: tuple[Path, Path], tmp_path: Path, pools: list[int]
+) -> None:
+    """The CLI opens a local repository through its cache: packs are still read from the
+    repository directory itself, so the workers fork all the same."""
+    repo_path, src = backed_up
+    with Repository.open(LocalBackend(repo_path), PASSWORD) as repo:
+        repo.use_cache(Cache.open(tmp_path / "cache", repo.config.id))
+        result = restore(repo, "latest", str(tmp_path / "out"))
+    assert pools == [2]
+    assert result.errors == []
+    assert describe(restored(tmp_path / "out", src)) == describe(src)
 
 
 def _blob_copies(repo_path: Path, path: bytes) -> list[Any]:

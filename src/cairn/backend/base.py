@@ -84,6 +84,11 @@ class Backend(ABC):
     #: wanted: big for remote stores, where each request costs a round trip.
     read_span: int = 32 << 20
 
+    #: Whether a process forked from this one may read packs through this backend while
+    #: the parent goes on using it: true when each call opens what it reads (a local
+    #: directory), false when calls share a connection (a forked copy would garble it).
+    fork_safe: bool = False
+
     @abstractmethod
     def create(self) -> None:
         """Prepare an empty repository location (directories, bucket, ...).

@@ -102,6 +102,7 @@ class RetryBackend(Backend):
         self.location = inner.location
         self.connections = inner.connections
         self.read_span = inner.read_span
+        self.fork_safe = inner.fork_safe
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay

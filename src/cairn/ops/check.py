@@ -195,7 +195,7 @@ _FORKED: _Checker | None = None
 def _can_fork(repo: Repository) -> bool:
     """Forked readers need fork() and a backend that holds no connection a child could
     garble: a local directory, which each child opens for itself."""
-    return fork_available() and isinstance(repo.backend, LocalBackend)
+    return fork_available() and repo.backend.fork_safe
 
 
 _R = TypeVar("_R")

@@ -21,7 +21,6 @@ import concurrent.futures
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from cairn.backend.local import LocalBackend
 from cairn.forking import PipePool, WorkerFailed, cores, fork_available
 
 if TYPE_CHECKING:
@@ -43,10 +42,10 @@ def processes_for(repo: Repository, packs: int, workers: int) -> int:
     """How many worker processes to restore ``packs`` packs with; 0 for threads.
 
     Processes need fork() and a backend a child can use on its own (a local directory,
-    opened by each call; a connection would be shared and garbled)."""
+    also through the cache; a connection would be shared and garbled)."""
     if workers < 2 or packs < FORK_MIN_PACKS:
         return 0
-    if not fork_available() or not isinstance(repo.backend, LocalBackend):
+    if not fork_available() or not repo.backend.fork_safe:
         return 0
     return min(cores(), packs)
 
@@ -124,7 +123,7 @@ def _dispatch(
             try:
                 running[pool.submit(work[number])] = number
             except WorkerFailed as e:
-                writer.fail_pack(work[number], work[number].uses_by_blob(), str(e))
+                writer.fail_pack(work[number], str(e))
                 continue
             return
 
@@ -140,7 +139,7 @@ def _dispatch(
             try:
                 outcome = future.result()
             except WorkerFailed as e:
-                writer.fail_pack(work[number], work[number].uses_by_blob(), str(e))
+                writer.fail_pack(work[number], str(e))
             else:
                 writer.absorb(outcome.files, outcome.nbytes, outcome.failed, outcome.warnings)
             send_next()

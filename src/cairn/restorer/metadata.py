@@ -88,26 +88,34 @@ def set_metadata(
     perm: int | None,
     atime_ns: int,
     mtime_ns: int,
+    *,
+    fd: int | None = None,
 ) -> list[str]:
-    """What :func:`apply_metadata` does, from the values (``perm`` None: a symlink)."""
+    """What :func:`apply_metadata` does, from the values (``perm`` None: a symlink);
+    through ``fd`` when given (an open regular file: no path lookups), ``path`` then
+    only names it in warnings."""
     warnings: list[str] = []
+    target: bytes | int = path if fd is None else fd
+    # never follow a symlink at ``path``; a descriptor is the file itself (and the calls
+    # refuse follow_symlinks=False with one)
+    follow = fd is not None
     if IS_ROOT:
         try:
-            os.chown(path, uid, gid, follow_symlinks=False)
+            os.chown(target, uid, gid, follow_symlinks=follow)
         except (OSError, OverflowError) as e:
             warnings.append(f"{_display(path)}: cannot set owner: {getattr(e, 'strerror', e)}")
     for xa in xattrs:
         try:
-            os.setxattr(path, xa.name, xa.value or b"", follow_symlinks=False)
+            os.setxattr(target, xa.name, xa.value or b"", follow_symlinks=follow)
         except OSError as e:
             warnings.append(f"{_display(path)}: cannot set xattr {xa.name}: {e.strerror}")
     if perm is not None:
         try:
-            os.chmod(path, perm)
+            os.chmod(target, perm)
         except OSError as e:
             warnings.append(f"{_display(path)}: cannot set mode: {e.strerror}")
     try:
-        os.utime(path, ns=(atime_ns, mtime_ns), follow_symlinks=False)
+        os.utime(target, ns=(atime_ns, mtime_ns), follow_symlinks=follow)
     except (OSError, OverflowError) as e:
         warnings.append(f"{_display(path)}: cannot set times: {e}")
     return warnings

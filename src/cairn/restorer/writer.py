@@ -189,6 +189,8 @@ class ContentWriter:
         self._lock = threading.Lock()
         self._created = threading.Condition(self._lock)
         self._state = bytearray(n)  # _NEW
+        #: 1 for a file that one write of one blob fills completely
+        self._whole = bytearray(n)
         #: files with blobs in more than one pack (found by ``_group``)
         self._spanning: list[int] = []
 
@@ -201,22 +203,12 @@ class ContentWriter:
         with self._lock:
             self.failed.setdefault(file, message)
 
-    def _done_uses(self, counts: dict[int, int], nbytes: int) -> None:
-        finished: list[int] = []
-        with self._lock:
-            for f, c in counts.items():
-                self._remaining[f] -= c
-                if self._remaining[f] == 0:
-                    finished.append(f)
-        for f in finished:
-            self._finish(f)
-        self.tracker.add(files=len(finished), nbytes=nbytes)
-
-    def _finish(self, f: int) -> None:
-        """File ``f`` has all its content: set its metadata (when asked to)."""
+    def _finish(self, f: int, fd: int | None = None) -> None:
+        """File ``f`` has all its content: set its metadata (when asked to), through
+        ``fd`` when it is still open (no path lookups: three fewer per file)."""
         if not self.metadata or f in self.failed:
             return
-        warnings = set_metadata(self.path(f), *self.table.meta(f))
+        warnings = set_metadata(self.path(f), *self.table.meta(f), fd=fd)
         if warnings:
             with self._lock:
                 self.warnings.extend(warnings)
@@ -235,7 +227,8 @@ class ContentWriter:
                 return None
             return os.open(self.path(f), _REWRITE_FLAGS)
         try:
-            return create_file(self.path(f), self._sizes[f])
+            # one blob written whole sets the size itself: no truncate for it
+            return create_file(self.path(f), 0 if self._whole[f] else self._sizes[f])
         except OSError as e:
             self._fail(f, f"{os.fsdecode(self.path(f))}: cannot create: {e.strerror}")
             return None
@@ -289,6 +282,13 @@ class ContentWriter:
                 )
             self._remaining[f] = count
             self._sizes[f] = offset
+            # a sparse write may skip a blob's trailing zeros: only small blobs for sure
+            if (
+                count == 1
+                and first_pack is not None
+                and (offset < SPARSE_SEGMENT or not self.sparse)
+            ):
+                self._whole[f] = 1
             if spanning:
                 self._spanning.append(f)
         return sorted(packs.values(), key=lambda w: w.pack_id)
@@ -336,8 +336,10 @@ class ContentWriter:
         for f in idle:
             fd = self._open(f)
             if fd is not None:
-                os.close(fd)
-                self._finish(f)
+                try:
+                    self._finish(f, fd)
+                finally:
+                    os.close(fd)
         # files without blobs to write, and the zero chunks skipped, are done right away
         zero_bytes = sum(self._sizes[f] for f in self.numbers) - sum(w.blob_bytes() for w in work)
         self.tracker.add(files=len(idle), nbytes=zero_bytes)
@@ -386,61 +388,87 @@ class ContentWriter:
             self.restore_work(w)
 
     def restore_work(self, w: PackWork) -> None:
-        """Write one pack's blobs; a pack that fails fails the files it had left."""
+        """Write one pack's blobs; a pack that fails part way fails the files it had left.
+
+        A file's descriptor is closed after its last blob in this pack (after its metadata
+        when that completes it): one pack can hold thousands of small files, more than the
+        process may have open (a restore of /usr/share failed with EMFILE when each stayed
+        open until the pack was done)."""
         uses = w.uses_by_blob()
-        try:
-            self._restore_pack(w, uses)
-        except Exception as e:  # noqa: BLE001 - a failing pack only fails its files
-            self.fail_pack(w, uses, f"{e or type(e).__name__}")
-
-    def fail_pack(self, w: PackWork, uses: list[list[int]], error: str) -> None:
-        """The blobs of pack ``w`` that still have ``uses`` were not written: fail the
-        files they go to."""
-        msg = f"pack {w.pack_id.hex()[:16]}: {error}"
-        left = [u for us in uses for u in us]
-        for u in left:
-            f = w.use_file[u]
-            self._fail(f, f"{os.fsdecode(self.path(f))}: {msg}")
-        self._done_uses(_count_files(w, left), 0)
-
-    def _restore_pack(self, w: PackWork, uses: list[list[int]]) -> None:
-        """Write the blobs of one pack; ``uses`` loses each blob's uses as it is handled.
-
-        A file's descriptor is closed after its last blob in this pack: one pack can hold
-        thousands of small files, more than the process may have open (a restore of
-        /usr/share failed with EMFILE when each stayed open until the pack was done)."""
         fds: dict[int, int] = {}
-        left = _count_files(w, range(len(w.use_file)))
-        number = {offset: b for b, offset in enumerate(w.offsets)}
+        in_pack = _count_files(w, range(len(w.use_file)))
+        left = dict(in_pack)
         try:
-            for pb, result in self.repo.read_pack_blobs(w.pack_id, w.blobs()):
-                b = number[pb.offset]
-                mine = uses[b]
-                if not mine:
-                    continue
-                uses[b] = []
-                data = result if isinstance(result, bytes) else self._other_copy(pb, result)
-                if isinstance(data, CairnError):
-                    for u in mine:
-                        f = w.use_file[u]
-                        self._fail(f, f"{os.fsdecode(self.path(f))}: {data}")
-                        self._release_fd(fds, left, f)
-                    self._done_uses(_count_files(w, mine), 0)
-                    continue
-                written = 0
-                for u in mine:
-                    f = w.use_file[u]
-                    try:
-                        if self._write_use(fds, f, w.use_offset[u], data):
-                            written += len(data)
-                    finally:
-                        self._release_fd(fds, left, f)
-                self._done_uses(_count_files(w, mine), written)
+            try:
+                self._write_pack(w, uses, fds, in_pack, left)
+            except Exception as e:  # noqa: BLE001 - a failing pack only fails its files
+                msg = f"pack {w.pack_id.hex()[:16]}: {e or type(e).__name__}"
+                completed = 0
+                for f, n in left.items():
+                    if n:
+                        self._fail(f, f"{os.fsdecode(self.path(f))}: {msg}")
+                        completed += self._leave(fds, f, in_pack[f])
+                self.tracker.add(files=completed)
         finally:
             for fd in fds.values():
                 os.close(fd)
+
+    def fail_pack(self, w: PackWork, error: str) -> None:
+        """Pack ``w`` was not written at all (its worker died): fail every file it had."""
+        msg = f"pack {w.pack_id.hex()[:16]}: {error}"
+        completed = 0
+        for f, count in _count_files(w, range(len(w.use_file))).items():
+            self._fail(f, f"{os.fsdecode(self.path(f))}: {msg}")
+            completed += self._leave({}, f, count)
+        self.tracker.add(files=completed)
+
+    def _write_pack(
+        self,
+        w: PackWork,
+        uses: list[list[int]],
+        fds: dict[int, int],
+        in_pack: dict[int, int],
+        left: dict[int, int],
+    ) -> None:
+        """The blobs of pack ``w`` to their files; ``uses`` loses each blob's uses and
+        ``left`` counts down each file's uses as they are handled."""
+        number = {offset: b for b, offset in enumerate(w.offsets)}
+        for pb, result in self.repo.read_pack_blobs(w.pack_id, w.blobs()):
+            b = number[pb.offset]
+            mine = uses[b]
+            if not mine:
+                continue
+            uses[b] = []
+            data = result if isinstance(result, bytes) else self._other_copy(pb, result)
+            written = 0
+            completed = 0
+            for u in mine:
+                f = w.use_file[u]
+                if isinstance(data, CairnError):
+                    self._fail(f, f"{os.fsdecode(self.path(f))}: {data}")
+                elif self._write_use(fds, f, w.use_offset[u], data):
+                    written += len(data)
+                left[f] -= 1
+                if not left[f]:
+                    completed += self._leave(fds, f, in_pack[f])
+            self.tracker.add(files=completed, nbytes=written)
         if any(uses):
             raise CairnError("the pack did not return every requested blob")
+
+    def _leave(self, fds: dict[int, int], f: int, count: int) -> int:
+        """File ``f`` had its last of ``count`` uses in this pack: when that completes it,
+        set its metadata through its descriptor; close it. Returns 1 when completed."""
+        fd = fds.pop(f, None)
+        try:
+            with self._lock:
+                self._remaining[f] -= count
+                complete = self._remaining[f] == 0
+            if complete:
+                self._finish(f, fd)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        return int(complete)
 
     def _write_use(self, fds: dict[int, int], f: int, offset: int, data: bytes) -> bool:
         """Write one blob to one place; False when the file failed (now or before)."""
@@ -462,15 +490,6 @@ class ContentWriter:
             self._fail(f, f"{os.fsdecode(self.path(f))}: cannot write: {e.strerror}")
             return False
         return True
-
-    @staticmethod
-    def _release_fd(fds: dict[int, int], left: dict[int, int], f: int) -> None:
-        """One use of file ``f`` in this pack is handled; close it after its last one."""
-        left[f] -= 1
-        if not left[f]:
-            fd = fds.pop(f, None)
-            if fd is not None:
-                os.close(fd)
 
     def _other_copy(self, pb: PackedBlob, error: CairnError) -> bytes | CairnError:
         """A damaged copy: the same blob may be stored intact in another pack."""
