@@ -29,6 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from cairn import heap
 from cairn.backend.base import FileType, Handle
 from cairn.backend.local import LocalBackend
 from cairn.errors import BackendError, CairnError, CheckFailedError, IntegrityError, UsageError
@@ -215,7 +216,13 @@ def _windowed(pool: PipePool, calls: Iterable[Any], window: int) -> Iterator[Any
 
 def _read_pack_forked(task: tuple[bytes, list[_BlobKey]]) -> _PackOutcome:
     assert _FORKED is not None, "only called in a reader forked by _forked_readers"
-    return _FORKED._read_pack(*task)
+    try:
+        return _FORKED._read_pack(*task)
+    finally:
+        # Blobs of up to 8 MiB pass through three buffers each (stored, decrypted,
+        # decompressed); the heap keeps what they leave free. Returning it after every
+        # pack: /usr check, readers' peak 172 -> 129 MiB in all, 1-2% more time.
+        heap.trim()
 
 
 class _Checker:
