@@ -10,6 +10,8 @@ import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -102,3 +104,17 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True,
     )
     return root
+
+
+def spy_on_pools(monkeypatch: pytest.MonkeyPatch, module: ModuleType) -> list[int]:
+    """Record the worker count of every ``PipePool`` that ``module`` starts (the pools
+    still start and work): proves which of a step's two ways ran."""
+    started: list[int] = []
+    real = module.PipePool
+
+    def spy(fn: Any, workers: int) -> Any:
+        started.append(workers)
+        return real(fn, workers)
+
+    monkeypatch.setattr(module, "PipePool", spy)
+    return started

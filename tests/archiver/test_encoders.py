@@ -23,7 +23,7 @@ from cairn.ops.restore import restore
 from cairn.repo.ids import BlobType
 from cairn.repo.keys import KdfParams
 from cairn.repo.repository import Repository
-from tests.conftest import TEST_KDF, run_restic
+from tests.conftest import TEST_KDF, run_restic, spy_on_pools
 from tests.treecompare import describe
 
 PASSWORD = "pw"
@@ -37,16 +37,8 @@ def file_readers() -> str:
 
 @pytest.fixture
 def pools(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The worker counts of the encoder pools started (a spy on the pool's constructor)."""
-    started: list[int] = []
-    real = encoders.PipePool
-
-    def spy(fn: Any, workers: int) -> Any:
-        started.append(workers)
-        return real(fn, workers)
-
-    monkeypatch.setattr(encoders, "PipePool", spy)
-    return started
+    """The worker counts of the encoder pools started."""
+    return spy_on_pools(monkeypatch, encoders)
 
 
 def make_tree(root: Path, seed: int = 7) -> Path:

@@ -12,7 +12,7 @@ import pytest
 import cairn.ops.check as check_module
 from cairn.errors import CheckFailedError, UsageError
 from cairn.ops.check import CheckProgress, check, predicted_pack_size, select_packs
-from tests.conftest import FIXTURE_PASSWORD, run_restic
+from tests.conftest import FIXTURE_PASSWORD, run_restic, spy_on_pools
 from tests.restorer.helpers import flip_byte, open_repo
 
 BIG_PACK = "b54968f6a4ee1a28abf408c34f19404cfd30ad3bb22c07bac13444ad999c3e60"
@@ -35,14 +35,7 @@ def readers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     worker counts of the process pools the test started."""
     forked = request.param == "processes"
     monkeypatch.setattr("cairn.ops.check._FORK_MIN_PACKS", 1 if forked else 10**9)
-    pools: list[int] = []
-    real = check_module.PipePool
-
-    def spy(fn: Any, workers: int) -> Any:
-        pools.append(workers)
-        return real(fn, workers)
-
-    monkeypatch.setattr(check_module, "PipePool", spy)
+    pools = spy_on_pools(monkeypatch, check_module)
     if forked:
         pools.append(0)  # marks the mode; a started pool adds its size after it
     return pools

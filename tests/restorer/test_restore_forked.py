@@ -23,7 +23,7 @@ from cairn.repo.cache import Cache
 from cairn.repo.keys import KdfParams
 from cairn.repo.repository import Repository
 from cairn.restorer import forked
-from tests.conftest import TEST_KDF, run_restic
+from tests.conftest import TEST_KDF, run_restic, spy_on_pools
 from tests.treecompare import describe
 
 PASSWORD = "pw"
@@ -69,16 +69,8 @@ def backed_up(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.fixture
 def pools(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The process counts of the restore pools started (a spy on the pool's constructor)."""
-    started: list[int] = []
-    real = forked.PipePool
-
-    def spy(fn: Any, workers: int) -> Any:
-        started.append(workers)
-        return real(fn, workers)
-
-    monkeypatch.setattr(forked, "PipePool", spy)
-    return started
+    """The process counts of the restore pools started."""
+    return spy_on_pools(monkeypatch, forked)
 
 
 def restored(target: Path, src: Path) -> Path:
