@@ -165,11 +165,13 @@ def test_predicted_pack_size_matches_fixture_pack(fixture_repo: Any) -> None:
     repo = open_repo(path)
     try:
         repo.load_index()
-        by_pack = repo.index.by_pack()
+        by_pack = repo.index.records_by_pack()
     finally:
         repo.close()
-    for pack_id, blobs in by_pack.items():
-        assert predicted_pack_size(blobs) == _pack_path(path, pack_id.hex()).stat().st_size
+    assert by_pack
+    for pack_id, records in by_pack.items():
+        want = predicted_pack_size(repo.index, records)
+        assert want == _pack_path(path, pack_id.hex()).stat().st_size
 
 
 def test_truncated_pack_is_reported_not_raised(fixture_repo: Any, readers: list[int]) -> None:

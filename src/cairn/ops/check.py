@@ -24,7 +24,7 @@ import random
 import re
 import threading
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -37,7 +37,7 @@ from cairn.forking import PipePool, cores, fork_available
 from cairn.ops.packscan import PackFile, PackInMemory, PackScan
 from cairn.repo.crypto import OVERHEAD
 from cairn.repo.ids import BlobType
-from cairn.repo.index import PackedBlob
+from cairn.repo.index import MasterIndex, PackedBlob
 from cairn.repo.lock import NoLock
 from cairn.repo.node import Node
 from cairn.repo.pack import COMPRESSED_ENTRY, PLAIN_ENTRY, open_blob, open_header
@@ -158,17 +158,12 @@ def _blob_key(b: PackedBlob) -> _BlobKey:
     return (int(b.type), b.id, b.offset, b.length, b.uncompressed_length)
 
 
-def predicted_pack_size(blobs: Iterable[PackedBlob]) -> int:
-    """Pack size implied by its index entries (spec §7.2)."""
-    listed = list(blobs)
-    compressed = sum(1 for b in listed if b.uncompressed_length)
-    return _pack_size(sum(b.length for b in listed), compressed, len(listed))
-
-
-def _pack_size(stored: int, compressed: int, count: int) -> int:
-    """A pack's size from its blobs' stored bytes, and how many of its ``count`` blobs are
-    compressed (their header entries are longer): blobs, sealed header, its length."""
-    header = compressed * COMPRESSED_ENTRY + (count - compressed) * PLAIN_ENTRY + OVERHEAD
+def predicted_pack_size(index: MasterIndex, records: Sequence[int]) -> int:
+    """Pack size implied by its index entries (spec §7.2), from their index records (no
+    blob objects built): blobs, the sealed header (longer entries for compressed blobs),
+    its length."""
+    stored, compressed = index.stored_at(records)
+    header = compressed * COMPRESSED_ENTRY + (len(records) - compressed) * PLAIN_ENTRY + OVERHEAD
     return stored + header + 4
 
 
@@ -292,8 +287,7 @@ class _Checker:
                     CheckError("pack-missing", f"pack {name[:16]} does not exist", name, blobs=ids)
                 )
                 continue
-            stored, compressed = index.stored_at(records)
-            want = _pack_size(stored, compressed, len(records))
+            want = predicted_pack_size(index, records)
             if size != want:
                 ids = [e[1] for e in index.entries_at(records)]
                 self.error(

@@ -169,8 +169,8 @@ class MasterIndex:
 
     def records_by_pack(self) -> dict[bytes, array[int]]:
         """Record numbers grouped by pack: 4 bytes a blob where :meth:`by_pack` builds an
-        object of ~150 (15 MB for 100,000 blobs); :meth:`blobs_at` turns one pack's into
-        blobs when it is its turn."""
+        object of ~150 (15 MB for 100,000 blobs); :meth:`entries_at` turns one pack's into
+        entries when it is its turn."""
         packs = self._packs
         rest = self._rest
         out: dict[bytes, array[int]] = {}
@@ -183,16 +183,10 @@ class MasterIndex:
             records.append(r)
         return out
 
-    def blobs_at(self, records: Iterable[int]) -> list[PackedBlob]:
-        """The blobs of these record numbers, sorted by offset."""
-        blobs = [self._blob(r) for r in records]
-        blobs.sort(key=lambda b: b.offset)
-        return blobs
-
     def entries_at(self, records: Iterable[int]) -> list[tuple[int, bytes, int, int, int]]:
-        """What :meth:`blobs_at` gives, as plain tuples (type, ID, offset, length,
-        uncompressed length): ``check --read-data`` sends them to its readers, and a
-        tuple costs a third of a PackedBlob to build."""
+        """The entries of these record numbers sorted by offset, as plain tuples (type,
+        ID, offset, length, uncompressed length): ``check --read-data`` sends them to its
+        readers, and a tuple costs a third of a PackedBlob to build."""
         rest = self._rest
         prefix = self._prefix
         unpack = _REC.unpack_from
