@@ -85,6 +85,9 @@ class FaultyBackend(Backend):
     def save(self, handle: Handle, data: bytes | bytearray | memoryview) -> None:
         self._run(f"save {handle}", lambda: self.inner.save(handle, data))
 
+    def temp_file(self, buffering: int) -> BinaryIO:
+        return self.inner.temp_file(buffering)  # where the wrapped backend can keep it
+
     def save_file(self, handle: Handle, file: BinaryIO, size: int) -> None:
         self._run(f"save {handle}", lambda: self.inner.save_file(handle, file, size))
 

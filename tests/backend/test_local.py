@@ -8,11 +8,14 @@ import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
+from cairn.backend import local as local_module
 from cairn.backend.base import Backend, FileType, Handle
 from cairn.backend.local import LocalBackend
+from cairn.errors import AlreadyExistsError
 from tests.backend.contract import BackendContract, new_id
 
 
@@ -82,7 +85,7 @@ def test_failed_save_file_removes_its_temporary_file(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "sendfile", sendfile)
-    with tempfile.TemporaryFile() as f:
+    with tempfile.NamedTemporaryFile() as f:  # a file with a name is copied, never linked
         f.write(b"x" * 100_000)
         f.flush()
         with pytest.raises(Exception, match="No space left"):
@@ -90,6 +93,77 @@ def test_failed_save_file_removes_its_temporary_file(
     monkeypatch.undo()
     assert list((tmp_path / "repo" / "data" / "cd").iterdir()) == []
     assert calls == 2
+
+
+def _pack_in_temp_file(b: LocalBackend, data: bytes) -> BinaryIO:
+    f = b.temp_file(1 << 16)
+    f.write(data)
+    f.flush()
+    return f
+
+
+def test_a_pack_built_in_a_temp_file_is_linked_into_place(tmp_path: Path) -> None:
+    """The pack's temporary file becomes the stored file: the same inode, read-only, and
+    nothing else left in the directory."""
+    b = LocalBackend(tmp_path / "repo")
+    b.create()
+    h = Handle(FileType.PACK, new_id("ef"))
+    data = os.urandom(300_000)
+    with _pack_in_temp_file(b, data) as f:
+        assert os.fstat(f.fileno()).st_nlink == 0, "built in an unnamed file"
+        b.save_file(h, f, len(data))
+        inode = os.fstat(f.fileno()).st_ino
+    path = tmp_path / "repo" / "data" / "ef" / h.name
+    assert path.stat().st_ino == inode
+    assert path.stat().st_nlink == 1
+    assert stat.S_IMODE(path.stat().st_mode) == 0o400
+    assert path.read_bytes() == data
+    assert [p.name for p in path.parent.iterdir()] == [h.name]
+    assert b.load(h) == data
+
+
+def test_linking_never_replaces_a_stored_file(tmp_path: Path) -> None:
+    b = LocalBackend(tmp_path / "repo")
+    b.create()
+    h = Handle(FileType.PACK, new_id("ef"))
+    with _pack_in_temp_file(b, b"first") as f:
+        b.save_file(h, f, 5)
+    with _pack_in_temp_file(b, b"other") as f, pytest.raises(AlreadyExistsError):
+        b.save_file(h, f, 5)
+    assert b.load(h) == b"first"
+
+
+def test_a_system_that_cannot_link_gets_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the kernel refuses to link an unnamed file (EXDEV, EPERM, no AT_EMPTY_PATH),
+    the pack is copied as before, and later packs are built in the system's temporary
+    directory without trying again."""
+    b = LocalBackend(tmp_path / "repo")
+    b.create()
+    tries = 0
+
+    def refuse(fd: int, path: Path) -> None:
+        nonlocal tries
+        tries += 1
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(local_module, "_link_fd", refuse)
+    data = os.urandom(100_000)
+    h = Handle(FileType.PACK, new_id("ef"))
+    with _pack_in_temp_file(b, data) as f:
+        b.save_file(h, f, len(data))
+        inode = os.fstat(f.fileno()).st_ino
+    path = tmp_path / "repo" / "data" / "ef" / h.name
+    assert path.read_bytes() == data
+    assert path.stat().st_ino != inode
+    assert stat.S_IMODE(path.stat().st_mode) == 0o400
+    h2 = Handle(FileType.PACK, new_id("ef"))
+    with _pack_in_temp_file(b, data) as f:
+        b.save_file(h2, f, len(data))
+    assert b.load(h2) == data
+    assert tries == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([h.name, h2.name])
 
 
 def test_failed_save_removes_its_temporary_file(

@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 import enum
 import mmap
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 
 class FileType(enum.Enum):
@@ -101,11 +102,22 @@ class Backend(ABC):
         """Store a whole file atomically. Saving an existing name is an error
         (AlreadyExistsError) except for ``config``, which may be replaced."""
 
+    def temp_file(self, buffering: int) -> BinaryIO:
+        """A new anonymous file to build a pack in, for :meth:`save_file`.
+
+        This default is the system's temporary directory. A backend that can keep such a
+        file as the stored one, without copying it, makes it where it can do that."""
+        file = tempfile.TemporaryFile("w+b", buffering=buffering, prefix="cairn-pack-")  # noqa: SIM115 - the caller's
+        return cast(BinaryIO, file)
+
     def save_file(self, handle: Handle, file: BinaryIO, size: int) -> None:
         """Store the first ``size`` bytes of an open file, as :meth:`save` would (used for
         packs, which are built in temporary files). This default maps the file and hands
         the mapping to :meth:`save`; a backend that can copy from a file descriptor
-        overrides it and spares the mapping (whose pages count as the process's memory)."""
+        overrides it and spares the mapping (whose pages count as the process's memory).
+
+        A backend may keep a file from :meth:`temp_file` as the stored file itself: the
+        caller reads it afterwards at most, and then closes it, but never writes to it."""
         if size == 0:
             self.save(handle, b"")
             return

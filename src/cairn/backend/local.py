@@ -9,13 +9,15 @@ a complete one; stray temporary files are never listed because their names are n
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import functools
 import os
 import secrets
 import stat as stat_mod
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from cairn.backend.base import DIR_TYPES, Backend, FileInfo, FileType, Handle, is_id_name
 from cairn.errors import AlreadyExistsError, BackendError, NotFoundError
@@ -34,6 +36,8 @@ class LocalBackend(Backend):
         self.root = Path(os.path.abspath(os.fspath(path)))
         self.location = str(self.root)
         self._file_mode, self._dir_mode = self._modes()
+        #: Whether packs are linked into place (None: not tried yet).
+        self._linking: bool | None = None
 
     def _modes(self) -> tuple[int, int]:
         """Group-readable config means a shared repository (0660/0770), as restic does."""
@@ -73,9 +77,27 @@ class LocalBackend(Backend):
 
         self._save_with(handle, write)
 
+    def temp_file(self, buffering: int) -> BinaryIO:
+        """An unnamed file (O_TMPFILE) in the repository's own file system, which
+        :meth:`save_file` links into place instead of copying it: a backup of 100,000
+        small files spent 0.5 s of system time copying its packs."""
+        if self._linking is not False:
+            try:
+                fd = os.open(self.root / "data", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            except OSError:
+                self._linking = False  # no O_TMPFILE here (an old kernel, NFS, FUSE)
+            else:
+                return open(fd, "w+b", buffering=buffering)  # noqa: SIM115 - the caller's
+        return super().temp_file(buffering)
+
     def save_file(self, handle: Handle, file: BinaryIO, size: int) -> None:
-        """Copied by the kernel (sendfile), without mapping or reading the file here."""
+        """Linked into place when ``file`` came from :meth:`temp_file` and the kernel
+        allows it, else copied by the kernel (sendfile), without mapping or reading the
+        file here."""
         src = file.fileno()
+        linkable = self._linking is not False and _unnamed_of_size(src, size)
+        if linkable and self._save_by_link(handle, src):
+            return
 
         def write(fd: int) -> None:
             offset = 0
@@ -92,6 +114,32 @@ class LocalBackend(Backend):
                 offset += sent
 
         self._save_with(handle, write)
+
+    def _save_by_link(self, handle: Handle, src: int) -> bool:
+        """Give the unnamed file ``src`` its name in the repository: read-only, synced,
+        then linked (which, unlike a rename, never replaces an existing file). False when
+        this system cannot link it; nothing is then changed."""
+        final = self._path(handle)
+        try:
+            os.fchmod(src, self._file_mode & ~0o222)
+            os.fsync(src)
+            try:
+                _link_fd(src, final)
+            except FileNotFoundError:
+                if final.parent.is_dir():
+                    raise
+                final.parent.mkdir(mode=self._dir_mode, parents=True, exist_ok=True)
+                _link_fd(src, final)
+            self._fsync_dir(final.parent)
+        except FileExistsError as e:
+            raise AlreadyExistsError(f"{handle} already exists") from e
+        except OSError as e:
+            if e.errno in _CANNOT_LINK:
+                self._linking = False
+                return False
+            raise self._error(e, handle, "save") from e
+        self._linking = True
+        return True
 
     def _save_with(self, handle: Handle, write: Callable[[int], None]) -> None:
         """Atomically create ``handle``: ``write`` fills a temporary file (given its
@@ -193,6 +241,51 @@ class LocalBackend(Backend):
         if isinstance(e, FileNotFoundError):
             return NotFoundError(f"{handle} does not exist in {self.location}")
         return BackendError(f"cannot {what} {handle} in {self.location}: {e.strerror or e}")
+
+
+#: What linkat answers where unnamed files cannot be linked: no AT_EMPTY_PATH without
+#: CAP_DAC_READ_SEARCH before Linux 6.10 (ENOENT), another mount (EXDEV), a sandbox.
+_CANNOT_LINK = frozenset(
+    {
+        errno.ENOENT,
+        errno.EXDEV,
+        errno.EPERM,
+        errno.EACCES,
+        errno.EINVAL,
+        errno.ENOSYS,
+        errno.EOPNOTSUPP,
+    }
+)
+_AT_FDCWD = -100
+_AT_EMPTY_PATH = 0x1000
+
+
+def _unnamed_of_size(fd: int, size: int) -> bool:
+    """An O_TMPFILE file (no name yet) holding exactly ``size`` bytes: one that can
+    become the stored file as it is."""
+    st = os.fstat(fd)
+    return st.st_nlink == 0 and st.st_size == size and stat_mod.S_ISREG(st.st_mode)
+
+
+@functools.cache
+def _linkat() -> Callable[..., int] | None:
+    try:
+        return cast(Callable[..., int], ctypes.CDLL(None, use_errno=True).linkat)
+    except (OSError, AttributeError):
+        return None
+
+
+def _link_fd(fd: int, path: Path) -> None:
+    """Give the open file ``fd`` the name ``path`` (linkat with AT_EMPTY_PATH, which the
+    os module does not offer; else through /proc, which some sandboxes refuse)."""
+    linkat = _linkat()
+    if linkat is not None:
+        if linkat(fd, b"", _AT_FDCWD, os.fsencode(path), _AT_EMPTY_PATH) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.ENOENT, errno.EPERM) or not path.parent.is_dir():
+            raise OSError(err, os.strerror(err), str(path))
+    os.link(f"/proc/self/fd/{fd}", path, follow_symlinks=True)
 
 
 def _read_exact(f: object, length: int) -> bytes:

@@ -164,6 +164,9 @@ class RetryBackend(Backend):
 
         self._call(f"save {handle}", attempt)
 
+    def temp_file(self, buffering: int) -> BinaryIO:
+        return self.inner.temp_file(buffering)  # where the wrapped backend can keep it
+
     def save_file(self, handle: Handle, file: BinaryIO, size: int) -> None:
         def attempt(n: int) -> None:
             try:

@@ -307,6 +307,9 @@ class CachedBackend(Backend):
         ):
             self.cache.put(handle, data)
 
+    def temp_file(self, buffering: int) -> BinaryIO:
+        return self.inner.temp_file(buffering)  # where the wrapped backend can keep it
+
     def save_file(self, handle: Handle, file: BinaryIO, size: int) -> None:
         self.inner.save_file(handle, file, size)
         fd = file.fileno()

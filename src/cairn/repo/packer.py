@@ -11,13 +11,13 @@ must still describe; index files are written only for packs that exist.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
-from typing import BinaryIO, cast
+from typing import BinaryIO
 
 from cairn.backend.base import Backend, FileType, Handle
 from cairn.errors import CairnError
@@ -29,7 +29,8 @@ from cairn.repo.index import INDEX_FILE_BLOBS, MasterIndex, PackedBlob, encode_i
 from cairn.repo.pack import COMPRESSED_ENTRY, MAX_HEADER, header_entry, seal_header
 
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
-#: Write buffer of a pack's temporary file.
+#: Write buffer of a pack's temporary file: small blobs (a few KiB sealed) would otherwise
+#: each cost a write call, made while holding the pack lock.
 _WRITE_BUFFER = 1 << 20
 _MAX_BLOB = (1 << 32) - 1
 
@@ -137,9 +138,6 @@ class BlobSaver:
         # Bounded: a producer blocks while every uploader is busy and the queue is full.
         self._queue: queue.Queue[_Pack | None] = queue.Queue(maxsize=1)
         self._threads: list[threading.Thread] = []
-        #: Emptied temporary files, reused for the next packs.
-        self._free: list[BinaryIO] = []
-        self._max_free = 2
         self._closed = False
         self._sealer: BlobSealer | None = None
 
@@ -208,9 +206,8 @@ class BlobSaver:
             th.join()
         self._threads.clear()
         with self._lock:
-            files = [p.file for p in self._open.values()] + self._free
+            files = [p.file for p in self._open.values()]
             self._open.clear()
-            self._free.clear()
         for f in files:
             f.close()
 
@@ -249,35 +246,15 @@ class BlobSaver:
                 full.append(self._open.pop(t))
                 pack = None
             if pack is None:
-                pack = self._open[t] = _Pack(t, self._take_file())
+                # A new file per pack, never one reused: the backend may have kept the
+                # last one as the stored pack (LocalBackend links it into place).
+                pack = self._open[t] = _Pack(t, self.backend.temp_file(_WRITE_BUFFER))
             entry: Entry = (int(t), bid, pack.size, n, ulen)
             pack.append(sealed, entry, header_entry(t, n, ulen, bid))
             header_full = len(pack.header) + entry_size + COMPRESSED_ENTRY + OVERHEAD > MAX_HEADER
             if pack.size >= self.pack_size or header_full:
                 full.append(self._open.pop(t))
         return full
-
-    def _take_file(self) -> BinaryIO:
-        if self._free:
-            return self._free.pop()
-        # Unnamed (O_TMPFILE where available): nothing to clean up after a crash. A 1 MiB
-        # buffer: small blobs (a few KiB sealed) would otherwise each cost a write call,
-        # made while holding the pack lock.
-        file = tempfile.TemporaryFile("w+b", buffering=_WRITE_BUFFER, prefix="cairn-pack-")  # noqa: SIM115 - lives as long as the pack
-        return cast(BinaryIO, file)
-
-    def _give_file(self, file: BinaryIO) -> None:
-        try:
-            file.seek(0)
-            file.truncate()  # drops the pages: a reused file starts empty
-        except OSError:
-            file.close()
-            return
-        with self._lock:
-            if len(self._free) < self._max_free and not self._closed:
-                self._free.append(file)
-                return
-        file.close()
 
     def _submit(self, pack: _Pack) -> None:
         if not self._threads and not self._closed:
@@ -307,7 +284,8 @@ class BlobSaver:
                 with self._lock:
                     for t, bid, *_ in pack.entries:
                         self._pending.discard((t, bid))
-                self._give_file(pack.file)
+                with contextlib.suppress(OSError):
+                    pack.file.close()
                 self._queue.task_done()
 
     def _upload(self, pack: _Pack) -> None:
