@@ -14,6 +14,7 @@ import pytest
 
 from cairn.backend.base import Backend, FileInfo, FileType, Handle
 from cairn.backend.local import LocalBackend
+from cairn.repo import repository as repository_module
 from cairn.repo.cache import CACHEDIR_TAG, Cache, CacheUnavailable, default_root
 from cairn.repo.ids import BlobType
 from cairn.repo.repository import Repository
@@ -171,8 +172,13 @@ def test_reads_come_from_the_cache_and_survive_its_damage(tmp_path: Path) -> Non
 
     # Damage every cached file: each is detected, fetched again and repaired.
     cache = Cache.open(cache_root, repo.config.id)
-    damaged = [p for p in cache.path.rglob("*") if p.is_file() and len(p.name) == 64]
+    damaged = [
+        p
+        for p in cache.path.rglob("*")
+        if p.is_file() and len(p.name) == 64 and not p.parent.name.startswith("cairn-")
+    ]
     assert len(damaged) == 3  # snapshot, index, tree pack
+    (cache.path / "cairn-index" / repo.config.id).unlink()  # its own test below
     for p in damaged:
         p.write_bytes(b"\0" * p.stat().st_size)
     repo, counting = _open(tmp_path / "repo", cache_root)
@@ -235,3 +241,77 @@ def test_concurrent_tree_reads_fetch_a_pack_once(tmp_path: Path) -> None:
         Handle(FileType.PACK, pack.hex())
     )
     repo.close()
+
+
+def _index_entries(repo: Repository) -> list[tuple[int, bytes, bytes, int, int, int]]:
+    return sorted(
+        (int(b.type), b.id, b.pack_id, b.offset, b.length, b.uncompressed_length)
+        for b in repo.index
+    )
+
+
+def _load_counting_decodes(
+    path: Path, cache_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[tuple[int, bytes, bytes, int, int, int]], int]:
+    """Open with the cache and load the index: (its entries, index files decoded)."""
+    decoded = 0
+    real = repository_module.decode_index
+
+    def counting(data: bytes) -> object:
+        nonlocal decoded
+        decoded += 1
+        return real(data)
+
+    monkeypatch.setattr(repository_module, "decode_index", counting)
+    repo, _ = _open(path, cache_root)
+    try:
+        repo.load_index()
+        return _index_entries(repo), decoded
+    finally:
+        repo.close()
+        monkeypatch.undo()
+
+
+def test_the_index_comes_back_from_the_caches_sealed_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second run decodes no index file; one written since is decoded on top; one
+    removed since (prune rewrites them) makes the copy worthless; a damaged or forged
+    copy is ignored. The index is the same as from the files in every case."""
+    path, cache_root = tmp_path / "repo", tmp_path / "cache"
+    _populated(path)
+    with Repository.open(LocalBackend(path), PASSWORD) as plain:
+        plain.load_index()
+        first = _index_entries(plain)
+        repo_id = plain.config.id
+    state = cache_root / repo_id / "cairn-index" / repo_id
+
+    assert _load_counting_decodes(path, cache_root, monkeypatch) == (first, 1)
+    sealed = state.read_bytes()  # written by that first load, and encrypted:
+    assert not any(blob_id in sealed or pack_id in sealed for _, blob_id, pack_id, *_ in first)
+    assert _load_counting_decodes(path, cache_root, monkeypatch) == (first, 0)
+
+    with Repository.open(LocalBackend(path), PASSWORD) as writer:
+        writer.load_index()
+        save_file_snapshot(writer, {b"c": random_chunks(2, 5000)})
+        writer.load_index()
+        both = _index_entries(writer)
+    assert len(both) == len(first) + 3  # two data blobs and a tree
+    assert _load_counting_decodes(path, cache_root, monkeypatch) == (both, 1)
+    assert _load_counting_decodes(path, cache_root, monkeypatch) == (both, 0)
+
+    good = state.read_bytes()
+    for bad in (good[:-1] + bytes([good[-1] ^ 1]), b"junk", b""):
+        state.write_bytes(bad)
+        assert _load_counting_decodes(path, cache_root, monkeypatch) == (both, 2)
+        state.write_bytes(bad)  # each of these loads wrote a good copy again
+
+    state.write_bytes(good)
+    gone = sorted((path / "index").iterdir())[0]
+    gone.chmod(0o600)
+    gone.unlink()
+    with Repository.open(LocalBackend(path), PASSWORD) as plain:
+        plain.load_index()
+        left = _index_entries(plain)
+    assert len(left) < len(both)
+    assert _load_counting_decodes(path, cache_root, monkeypatch) == (left, 1)

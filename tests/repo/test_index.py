@@ -58,6 +58,30 @@ def test_lookup_roundtrip() -> None:
     assert sorted(b.id for b in idx) == sorted(bid(i) for i in range(5000))
 
 
+def test_state_roundtrip() -> None:
+    """dump_state/load_state give back the same index, which then grows as any other."""
+    idx = MasterIndex()
+    synthetic(idx, 5000)
+    shared = b"\x01" * 8  # IDs that collide in the table's key
+    a, b = shared + os.urandom(24), shared + os.urandom(24)
+    idx.add_pack(os.urandom(32), [(0, a, 0, 50, 0), (1, b, 50, 60, 70)])
+    state = idx.dump_state()
+
+    back = MasterIndex()
+    back.load_state(state)
+    assert len(back) == len(idx) and back.pack_ids() == idx.pack_ids()
+    assert sorted(back, key=lambda p: p.id) == sorted(idx, key=lambda p: p.id)
+    assert back.lookup(BlobType.TREE, b).uncompressed_length == 70  # type: ignore[union-attr]
+    assert not back.has(BlobType.DATA, b)
+    synthetic(back, 9000)  # 5000 of them known already: only the new ones are added
+    assert len(back) == 9002 and back.has(BlobType.DATA, bid(8998))
+    with pytest.raises(ValueError, match="empty"):
+        back.load_state(state)
+    for bad in (state[:-4], b"x" * 100, state[:10]):
+        with pytest.raises(FormatError):
+            MasterIndex().load_state(bad)
+
+
 def test_duplicates_kept_and_identical_copies_merged() -> None:
     idx = MasterIndex()
     pack_a, pack_b = os.urandom(32), os.urandom(32)

@@ -267,7 +267,7 @@ class _Checker:
         def damaged(name: str, e: CairnError) -> None:
             self.error(CheckError("index", f"index {name[:8]}: {e}"))
 
-        self.repo.load_index(on_error=damaged, on_loaded=loaded)
+        self.repo.load_index(on_error=damaged, on_loaded=loaded, from_cache=False)
         self.result.index_files = files
 
     def check_packs(self) -> tuple[dict[bytes, array[int]], dict[bytes, int]]:

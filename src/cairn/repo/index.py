@@ -56,6 +56,10 @@ _REC_SIZE = _REC.size
 _LENGTHS = struct.Struct("<II")
 _by_offset = operator.itemgetter(2)
 _TYPE_BIT = 1 << 31
+#: dump_state's header: the layout (and this machine's byte order, since the arrays are
+#: copied as they are in memory), then the number of records, packs and table slots.
+_STATE_MAGIC = f"cairn-index-1-{sys.byteorder}".encode().ljust(24, b"\0")
+_STATE_HEAD = struct.Struct("<24sQQQ")
 _MAX_LOAD = 0.75
 
 
@@ -209,6 +213,56 @@ class MasterIndex:
             total += length
             compressed += ulen != 0
         return total, compressed
+
+    # --- as one block of bytes (the local cache keeps it, sealed) ----------------
+
+    def dump_state(self) -> bytes:
+        """Every structure as it is in memory: :meth:`load_state` takes it back in a few
+        milliseconds, where decoding the index files takes ~3 us a blob."""
+        with self._lock:
+            count = self._count
+            table = self._table
+            return b"".join(
+                (
+                    _STATE_HEAD.pack(_STATE_MAGIC, count, len(self._packs), len(table)),
+                    b"".join(self._packs),
+                    self._prefix[:count].tobytes(),
+                    bytes(self._rest[: count * _REC_SIZE]),
+                    table.tobytes(),
+                )
+            )
+
+    def load_state(self, state: bytes | bytearray | memoryview) -> None:
+        """Become the index :meth:`dump_state` described (this one must be empty).
+        FormatError when ``state`` is not such a block."""
+        view = memoryview(state)
+        if len(view) < _STATE_HEAD.size:
+            raise FormatError("index state: too short")
+        magic, count, npacks, nslots = _STATE_HEAD.unpack_from(view)
+        sizes = (32 * npacks, 8 * count, _REC_SIZE * count, 4 * nslots)
+        if magic != _STATE_MAGIC or _STATE_HEAD.size + sum(sizes) != len(view):
+            raise FormatError("index state: not this version's layout")
+        if not nslots or nslots & (nslots - 1) or count > nslots * _MAX_LOAD:
+            raise FormatError("index state: inconsistent table")
+        pos = _STATE_HEAD.size
+        parts = []
+        for size in sizes:
+            parts.append(view[pos : pos + size])
+            pos += size
+        packs = [bytes(parts[0][i : i + 32]) for i in range(0, len(parts[0]), 32)]
+        prefix = array("Q")
+        prefix.frombytes(parts[1])
+        table = array("I")
+        table.frombytes(parts[3])
+        with self._lock:
+            if self._count:
+                raise ValueError("load_state needs an empty index")
+            self._packs = packs
+            self._pack_no = {p: i for i, p in enumerate(packs)}
+            self._prefix = prefix
+            self._rest = bytearray(parts[2])
+            self._count = count
+            self._table = table  # last: lock-free readers find records for every slot
 
     # --- writing --------------------------------------------------------------
 

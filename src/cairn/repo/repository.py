@@ -7,6 +7,7 @@ trees, snapshots and locks. It prints nothing and keeps no global state; every f
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ from cairn.errors import (
     BackendError,
     BlobNotFoundError,
     CairnError,
+    FormatError,
     IntegrityError,
     NotFoundError,
     RepositoryExistsError,
@@ -56,6 +58,10 @@ COMPRESSION_MODES = ("auto", "off", "max", "fastest", "better")
 _READ_GAP = 256 * 1024
 
 _CONFIG = Handle(FileType.CONFIG)
+#: The cache's copy of the in-memory index (one file, named by the repository ID): how many
+#: index files it was built from, their names (32 bytes each), then
+#: MasterIndex.dump_state(); sealed with the master key.
+_INDEX_STATE = "index"
 
 
 @dataclass
@@ -258,14 +264,23 @@ class Repository:
         *,
         on_error: Callable[[str, CairnError], None] | None = None,
         on_loaded: Callable[[int, int], None] | None = None,
+        from_cache: bool = True,
     ) -> None:
         """Load every index file (in parallel) into :attr:`index`. Safe to call again:
         copies already known are not added twice. With ``on_error`` a file that cannot
         be loaded is reported to it (by name) and the others still load; ``on_loaded``
-        hears (files done, files in all)."""
+        hears (files done, files in all). With a local cache, the index it keeps from
+        the last load stands for the files it was built from, unless ``from_cache`` is
+        False (``check`` reads every file)."""
         names = [fi.name for fi in self.backend.list(FileType.INDEX)]
         if not names:
             return
+        fresh = not len(self.index)
+        covered = self._index_from_cache(names) if fresh and from_cache else set()
+        if covered and on_loaded is not None:
+            on_loaded(len(covered), len(names))
+        todo = [name for name in names if name not in covered]
+        failed: set[str] = set()
 
         # Fetching (I/O, decryption, zstd) runs in parallel; decoding is pure Python under
         # the GIL, so it gains nothing from running twice at once, while each file being
@@ -286,6 +301,7 @@ class Repository:
                             self.index.add_pack(pack_id, entries)
                         del packs
                 except CairnError as e:
+                    failed.add(name)
                     if on_error is not None:
                         on_error(name, e)
                     elif isinstance(e, IntegrityError):
@@ -293,12 +309,44 @@ class Repository:
                     else:
                         raise
 
-        workers = min(len(names), max(4, 2 * self.backend.connections))
+        if not todo:
+            return
+        workers = min(len(todo), max(4, 2 * self.backend.connections))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cairn-index") as pool:
-            for i, _ in enumerate(pool.map(load, names)):
+            for i, _ in enumerate(pool.map(load, todo)):
                 if on_loaded is not None:
-                    on_loaded(i + 1, len(names))
+                    on_loaded(len(covered) + i + 1, len(names))
         heap.trim()  # the decoded JSON is garbage now: ~6x the index text
+        if fresh:
+            self._cache_index([name for name in names if name not in failed])
+
+    def _index_from_cache(self, names: list[str]) -> set[str]:
+        """Fill the (empty) index from the local cache's copy of it, when every index
+        file that copy was built from still exists; returns their names (none: no copy
+        used). The copy is sealed with the repository's key, so it can be neither read
+        nor forged by someone who can write to the cache but has no password."""
+        cache = self.cache
+        sealed = cache.get_own(_INDEX_STATE, self.config.id) if cache is not None else None
+        if sealed is None:
+            return set()
+        try:
+            covered, state = _split_index_state(self.key.open(sealed))
+            # A file gone (rewritten by prune or by another tool) may have named packs
+            # that are gone too: then nothing of the copy can be trusted.
+            if not covered <= set(names):
+                return set()
+            self.index.load_state(state)
+        except (CairnError, ValueError):
+            return set()
+        return covered
+
+    def _cache_index(self, names: list[str]) -> None:
+        """Keep the index, just loaded from ``names`` (all of them), for the next run."""
+        cache = self.cache
+        if cache is None:
+            return
+        head = struct.pack("<Q", len(names)) + b"".join(bytes.fromhex(n) for n in names)
+        cache.put_own(_INDEX_STATE, self.config.id, self.key.seal(head + self.index.dump_state()))
 
     # --- blobs ----------------------------------------------------------------------------
 
@@ -537,3 +585,16 @@ class Repository:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _split_index_state(plain: bytes) -> tuple[set[str], memoryview]:
+    """The index files a cached index was built from, and the index's state."""
+    view = memoryview(plain)
+    if len(view) < 8:
+        raise FormatError("index state: too short")
+    (count,) = struct.unpack_from("<Q", view)
+    end = 8 + 32 * count
+    if end > len(view):
+        raise FormatError("index state: too short")
+    names = {view[i : i + 32].hex() for i in range(8, end, 32)}
+    return names, view[end:]
