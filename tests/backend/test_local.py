@@ -177,3 +177,33 @@ def test_failed_save_removes_its_temporary_file(
         b.save(h, b"x" * 100_000)
     monkeypatch.undo()
     assert list((tmp_path / "repo" / "index").iterdir()) == []
+
+
+MOUNTINFO = """\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+40 27 0:50 / /mnt/nas rw,relatime - nfs4 nas:/export rw
+41 40 0:51 / /mnt/nas/local\\040disk rw - xfs /dev/sdb1 rw
+42 27 0:52 / /home/u/remote rw - fuse.sshfs u@host: rw
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "local"),
+    [
+        ("/srv/repo", True),
+        ("/mnt/nas/repo", False),
+        ("/mnt/nas", False),
+        ("/mnt/nas/local disk/repo", True),
+        ("/mnt/nasty/repo", True),  # not below /mnt/nas: on /
+        ("/home/u/remote/repo", False),
+    ],
+)
+def test_which_file_systems_list_consistently(path: str, local: bool) -> None:
+    """Locks skip restic's 0.2 s pause only on a local disk: network and FUSE mounts
+    keep it (their clients cache listings)."""
+    assert local_module._on_local_disk(Path(path), MOUNTINFO) is local
+
+
+def test_no_mount_table_means_not_known_local() -> None:
+    assert not local_module._on_local_disk(Path("/srv/repo"), "")

@@ -116,10 +116,40 @@ def test_conflict_appearing_during_recheck_removes_own_lock(
     assert len(infos) == 1 and infos[0] is not None and infos[0].hostname == "other-host"
 
 
+def lagging_repo(path: Path) -> Repository:
+    """A repository whose backend says its listings may lag (a network file system, an
+    object store): locks wait restic's 0.2 s before their second look."""
+    repo = new_repo(path)
+    repo.backend.consistent_listing = False
+    return repo
+
+
+def test_a_local_disk_needs_no_recheck_delay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a local disk every listing shows a lock file once written, so the second look
+    comes at once, and still finds a lock written before it."""
+    repo = new_repo(tmp_path / "r")
+    assert repo.backend.consistent_listing  # pytest's tmp_path is on a local disk
+    slept: list[float] = []
+    real_sleep = time.sleep
+
+    def racing_sleep(seconds: float) -> None:
+        slept.append(seconds)
+        foreign_lock(repo, exclusive=True)  # written between our lock and our second look
+        real_sleep(0)
+
+    monkeypatch.setattr("cairn.repo.lock.time.sleep", racing_sleep)
+    with pytest.raises(RepositoryLockedError):
+        repo.lock()
+    assert slept == [0.0]
+    assert [i.hostname for _, i in iter_locks(repo.files) if i] == ["other-host"]
+
+
 def test_deferred_recheck_reports_a_racing_lock_at_confirm(tmp_path: Path) -> None:
     """With the recheck deferred, a lock taken during the delay is still found: confirm()
     raises, and our own lock file is gone before anything was written."""
-    repo = new_repo(tmp_path / "r")
+    repo = lagging_repo(tmp_path / "r")
     held = repo.lock(defer_recheck=True)
     foreign_lock(repo, exclusive=True)  # lands inside the 0.2 s recheck delay
     with pytest.raises(RepositoryLockedError):
@@ -129,14 +159,14 @@ def test_deferred_recheck_reports_a_racing_lock_at_confirm(tmp_path: Path) -> No
 
 
 def test_deferred_recheck_is_confirmed_on_exit_when_the_caller_forgot(tmp_path: Path) -> None:
-    repo = new_repo(tmp_path / "r")
+    repo = lagging_repo(tmp_path / "r")
     with pytest.raises(RepositoryLockedError), repo.lock(exclusive=True, defer_recheck=True):
         foreign_lock(repo, exclusive=False)
     assert [i.hostname for _, i in iter_locks(repo.files) if i] == ["other-host"]
 
 
 def test_deferred_recheck_without_conflict_holds_the_lock(tmp_path: Path) -> None:
-    repo = new_repo(tmp_path / "r")
+    repo = lagging_repo(tmp_path / "r")
     started = time.monotonic()
     with repo.lock(defer_recheck=True) as held:
         returned = time.monotonic() - started
@@ -225,7 +255,7 @@ def test_backup_writes_nothing_when_a_lock_appears_during_the_recheck(
     pack, index or snapshot lands, and our lock is removed."""
     from cairn.ops.backup import BackupOptions, backup
 
-    repo = new_repo(tmp_path / "r")
+    repo = lagging_repo(tmp_path / "r")
     src = tmp_path / "src"
     src.mkdir()
     for i in range(20):

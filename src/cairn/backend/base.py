@@ -90,6 +90,11 @@ class Backend(ABC):
     #: directory), false when calls share a connection (a forked copy would garble it).
     fork_safe: bool = False
 
+    #: Whether a file, once saved, is at once in every client's listing (a local disk).
+    #: Then a lock needs no pause before its second look for other locks (restic waits
+    #: 200 ms, for stores and network file systems whose listings lag behind).
+    consistent_listing: bool = False
+
     @abstractmethod
     def create(self) -> None:
         """Prepare an empty repository location (directories, bucket, ...).

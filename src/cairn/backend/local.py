@@ -36,6 +36,7 @@ class LocalBackend(Backend):
         self.root = Path(os.path.abspath(os.fspath(path)))
         self.location = str(self.root)
         self._file_mode, self._dir_mode = self._modes()
+        self.consistent_listing = _on_local_disk(self.root)
         #: Whether packs are linked into place (None: not tried yet).
         self._linking: bool | None = None
 
@@ -241,6 +242,39 @@ class LocalBackend(Backend):
         if isinstance(e, FileNotFoundError):
             return NotFoundError(f"{handle} does not exist in {self.location}")
         return BackendError(f"cannot {what} {handle} in {self.location}: {e.strerror or e}")
+
+
+#: File systems whose directory listings every process sees at once: disks and memory,
+#: not network or FUSE mounts (NFS, SMB, sshfs, ... cache listings on each client).
+_LOCAL_FS = frozenset(
+    {
+        "ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "jfs", "reiserfs", "bcachefs",
+        "tmpfs", "ramfs", "overlay", "vfat", "exfat", "ntfs3", "hfsplus", "nilfs2",
+    }
+)  # fmt: skip
+
+
+def _on_local_disk(path: Path, mountinfo: str | None = None) -> bool:
+    """Whether ``path`` is on a file system in :data:`_LOCAL_FS`, by the mount table
+    (Linux's /proc/self/mountinfo; elsewhere, or if it cannot be read: not known local)."""
+    try:
+        if mountinfo is None:
+            with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+                mountinfo = f.read()
+        target = os.path.realpath(path)
+    except OSError:
+        return False
+    best, fstype = "", ""
+    for line in mountinfo.splitlines():
+        fields = line.split(" ")
+        if " - " not in line or len(fields) < 5:
+            continue
+        # field 5 is the mount point (octal escapes for spaces); the type follows " - "
+        point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, fstype = point, line.split(" - ", 1)[1].split(" ", 1)[0]
+    return fstype in _LOCAL_FS
 
 
 #: What linkat answers where unnamed files cannot be linked: no AT_EMPTY_PATH without

@@ -103,6 +103,7 @@ class RetryBackend(Backend):
         self.connections = inner.connections
         self.read_span = inner.read_span
         self.fork_safe = inner.fork_safe
+        self.consistent_listing = inner.consistent_listing
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay

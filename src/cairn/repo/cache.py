@@ -292,6 +292,7 @@ class CachedBackend(Backend):
         self.read_span = backend.read_span
         # packs are read straight from the wrapped backend; the cache is files on disk
         self.fork_safe = backend.fork_safe
+        self.consistent_listing = backend.consistent_listing
         self._fetching: dict[str, threading.Event] = {}
         self._fetch_lock = threading.Lock()
         # Packs whose remote bytes do not match their name: read them by range, uncached.

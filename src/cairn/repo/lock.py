@@ -25,7 +25,11 @@ from cairn.repo.files import FileStore
 from cairn.repo.gojson import format_time, go_string, parse_time
 from cairn.repo.node import GoTime
 
-#: restic re-checks after writing its lock file.
+#: restic re-checks this long after writing its lock file, so that a lock another client
+#: wrote at the same moment has reached the listing. Two clients that each list after
+#: writing their own lock always see one of the two locks (whoever lists last sees the
+#: other's), so where a listing shows every saved file at once the wait can be zero
+#: (Backend.consistent_listing); a restic on the other side still waits its 200 ms.
 RECHECK_DELAY = 0.2
 #: restic refreshes every 5 minutes.
 REFRESH_INTERVAL = 300.0
@@ -168,10 +172,12 @@ class Lock:
         *,
         refresh_interval: float = REFRESH_INTERVAL,
         on_refresh_error: Callable[[Exception], None] | None = None,
+        recheck_delay: float = RECHECK_DELAY,
     ) -> None:
         self.files = files
         self.exclusive = exclusive
         self.refresh_interval = refresh_interval
+        self.recheck_delay = recheck_delay
         self.on_refresh_error = on_refresh_error
         #: The current lock file's name (changes on every refresh).
         self.name: str | None = None
@@ -186,8 +192,8 @@ class Lock:
     def acquire(self, *, defer_recheck: bool = False) -> Lock:
         """Take the lock or raise RepositoryLockedError naming the holder.
 
-        Like restic, a second look for other locks follows RECHECK_DELAY after the lock
-        file is written, to catch a lock taken at the same moment. With ``defer_recheck``
+        Like restic, a second look for other locks follows ``recheck_delay`` after the
+        lock file is written, to catch a lock taken at the same moment. With ``defer_recheck``
         that look runs in the background and :meth:`confirm` waits for it: the caller
         reads (snapshots, index) meanwhile and must confirm before it changes anything."""
         self._raise_if_conflict(None)
@@ -199,7 +205,7 @@ class Lock:
             )
             self._recheck.start()
         else:
-            time.sleep(RECHECK_DELAY)
+            time.sleep(self.recheck_delay)
             try:
                 self._raise_if_conflict(name)
             except BaseException:
@@ -213,7 +219,7 @@ class Lock:
         return self
 
     def _recheck_later(self) -> None:
-        if self._stop.wait(RECHECK_DELAY):
+        if self._stop.wait(self.recheck_delay):
             return  # released before the delay was over
         try:
             with self._mutex:

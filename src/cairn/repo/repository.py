@@ -44,7 +44,7 @@ from cairn.repo.index import (
 )
 from cairn.repo.keys import KdfParams, default_kdf, open_master_key
 from cairn.repo.keys import add_key as _add_key
-from cairn.repo.lock import Lock, remove_stale_locks
+from cairn.repo.lock import RECHECK_DELAY, Lock, remove_stale_locks
 from cairn.repo.node import Node
 from cairn.repo.pack import coalesce, open_blob, read_header
 from cairn.repo.packer import DEFAULT_PACK_SIZE, BlobSaver, BlobSealer
@@ -555,7 +555,8 @@ class Repository:
         It is refreshed in the background and removed on exit or :meth:`close`. With
         ``defer_recheck`` the caller must call the lock's ``confirm()`` before it writes
         (see :meth:`Lock.acquire`)."""
-        lk = Lock(self.files, exclusive).acquire(defer_recheck=defer_recheck)
+        delay = 0.0 if self.backend.consistent_listing else RECHECK_DELAY
+        lk = Lock(self.files, exclusive, recheck_delay=delay).acquire(defer_recheck=defer_recheck)
         self._locks = [held for held in self._locks if held.name is not None]
         self._locks.append(lk)
         return lk
