@@ -74,9 +74,10 @@ static void block_mix(const uint32_t *in, uint32_t *out, size_t r) {
 
 /* ROMix on ``x`` (32r words); ``t`` is 32r words. ``v`` holds every ``stride``-th of the N
  * entries (N / stride of them): an entry not kept is recomputed from the kept one before it
- * when the second loop needs it. stride 2 halves the memory for 1.25x the work (the
- * classic time-memory trade-off), which lets two lanes run at once in the 32 MiB that one
- * lane of restic's parameters takes. The result is the same either way. */
+ * when the second loop needs it: the classic time-memory trade-off (stride 4 keeps a
+ * quarter of the memory for ~1.4x the work; repo/scrypt.py runs two such lanes at once
+ * in half the 32 MiB one lane of restic's parameters takes). The result is the same
+ * either way. */
 static void romix(uint32_t *x, uint32_t *v, uint32_t *t, uint32_t *u, size_t r, uint64_t n,
                   uint64_t stride) {
     const size_t words = 32 * r;
