@@ -15,12 +15,12 @@ import multiprocessing
 import os
 import signal
 import threading
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from multiprocessing import connection as mp_connection
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, TypeVar
 
 from cairn.errors import CairnError
 
@@ -181,3 +181,44 @@ class PipePool:
                     w.conn.send(None)
         for w in self._workers:
             w.process.join()
+
+
+_A = TypeVar("_A")
+
+
+def as_answered(
+    pool: PipePool,
+    args: Iterable[_A],
+    window: int,
+    prepare: Callable[[_A], Any] = lambda arg: arg,
+    meanwhile: Callable[[], None] | None = None,
+) -> Iterator[tuple[_A, Future[Any]]]:
+    """Call the pool on each of ``args`` (sent as ``prepare(arg)``), keeping ``window``
+    calls unanswered, and yield each (arg, its finished future) as its answer comes, not
+    in order: a worker that finishes early gets the next call at once, where taking the
+    answers in order left one worker idle behind a long call of the other (``check`` of
+    100k small files: one reader busy 2.3 s, the other 1.7). ``meanwhile`` runs once the
+    first calls are sent. A call that cannot be sent yields a future holding the error."""
+    running: dict[Future[Any], _A] = {}
+    following = iter(args)
+
+    def send_next() -> None:
+        for arg in following:
+            try:
+                future = pool.submit(prepare(arg))
+            except WorkerFailed as e:
+                future = Future()
+                future.set_exception(e)
+            running[future] = arg
+            return
+
+    for _ in range(window):
+        send_next()
+    if meanwhile is not None:
+        meanwhile()
+    while running:
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in finished:
+            arg = running.pop(future)
+            send_next()  # before the caller's work on this answer: keep the workers fed
+            yield arg, future

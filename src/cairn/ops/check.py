@@ -17,23 +17,21 @@ Locking: like restic 0.14, check takes an exclusive lock unless ``lock=False`` (
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import hmac
 import random
 import re
 import threading
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
 from cairn import heap
 from cairn.backend.base import FileType, Handle
 from cairn.backend.local import LocalBackend
 from cairn.errors import BackendError, CairnError, CheckFailedError, IntegrityError, UsageError
-from cairn.forking import PipePool, cores, fork_available
+from cairn.forking import PipePool, as_answered, cores, fork_available
 from cairn.ops.packscan import PackFile, PackInMemory, PackScan
 from cairn.repo.crypto import OVERHEAD
 from cairn.repo.ids import BlobType
@@ -194,21 +192,6 @@ def _can_fork(repo: Repository) -> bool:
     """Forked readers need fork() and a backend that holds no connection a child could
     garble: a local directory, which each child opens for itself."""
     return fork_available() and repo.backend.fork_safe
-
-
-_R = TypeVar("_R")
-
-
-def _windowed(pool: PipePool, calls: Iterable[Any], window: int) -> Iterator[Any]:
-    """The answers to ``calls``, in order, with at most ``window`` sent ahead of the
-    answers taken, so the arguments of calls not started yet are not all built at once."""
-    pending: collections.deque[Future[Any]] = collections.deque()
-    for arg in calls:
-        pending.append(pool.submit(arg))
-        if len(pending) >= window:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
 
 
 def _read_pack_forked(task: tuple[bytes, list[_BlobKey]]) -> _PackOutcome:
@@ -415,7 +398,8 @@ class _Checker:
             if _can_fork(self.repo) and total >= _FORK_MIN_PACKS:
                 pool = stack.enter_context(self._forked_readers())
                 # a few packs ahead, not all: each task carries its pack's index entries
-                outcomes = _windowed(pool, ((p, entries(p)) for p in selected), 2 * cores())
+                answered = as_answered(pool, selected, 2 * cores(), lambda p: (p, entries(p)))
+                outcomes = (future.result() for _, future in answered)
             else:
                 # Each reader holds a whole pack (16 MiB) and its blobs while it works: one
                 # per backend connection, like restic, not one per metadata worker (measured

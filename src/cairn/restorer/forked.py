@@ -17,11 +17,10 @@ is written (its mtime must come after the last write).
 
 from __future__ import annotations
 
-import concurrent.futures
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from cairn.forking import PipePool, WorkerFailed, cores, fork_available
+from cairn.forking import PipePool, WorkerFailed, as_answered, cores, fork_available
 
 if TYPE_CHECKING:
     from cairn.repo.repository import Repository
@@ -114,32 +113,15 @@ def _dispatch(
     writer: ContentWriter, work: list[PackWork], idle: list[int], pool: PipePool, window: int
 ) -> None:
     """Keep ``window`` packs sent ahead (a worker that finishes early takes the next
-    one) and take each outcome as it comes."""
-    running: dict[concurrent.futures.Future[_PackOutcome], int] = {}
-    following = iter(range(len(work)))
-
-    def send_next() -> None:
-        for number in following:
-            try:
-                running[pool.submit(work[number])] = number
-            except WorkerFailed as e:
-                writer.fail_pack(work[number], str(e))
-                continue
-            return
-
-    for _ in range(window):
-        send_next()
-    writer.create_idle(work, idle)
-    while running:
-        finished, _ = concurrent.futures.wait(
-            running, return_when=concurrent.futures.FIRST_COMPLETED
-        )
-        for future in finished:
-            number = running.pop(future)
-            try:
-                outcome = future.result()
-            except WorkerFailed as e:
-                writer.fail_pack(work[number], str(e))
-            else:
-                writer.absorb(outcome.files, outcome.nbytes, outcome.failed, outcome.warnings)
-            send_next()
+    one) and take each outcome as it comes; the files no pack writes are created while
+    the first packs are written."""
+    answered = as_answered(
+        pool, range(len(work)), window, work.__getitem__, lambda: writer.create_idle(work, idle)
+    )
+    for number, future in answered:
+        try:
+            outcome = future.result()
+        except WorkerFailed as e:
+            writer.fail_pack(work[number], str(e))
+        else:
+            writer.absorb(outcome.files, outcome.nbytes, outcome.failed, outcome.warnings)
