@@ -315,3 +315,49 @@ def test_the_index_comes_back_from_the_caches_sealed_copy(
         left = _index_entries(plain)
     assert len(left) < len(both)
     assert _load_counting_decodes(path, cache_root, monkeypatch) == (left, 1)
+
+
+def test_a_backup_leaves_the_index_cached_with_its_own_index_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a backup the cache's copy of the index includes what the backup added, so
+    the next command decodes no index file at all; it matches the files' index."""
+    from cairn.ops.backup import BackupOptions, backup
+
+    path, cache_root = tmp_path / "repo", tmp_path / "cache"
+    _populated(path)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(30):
+        (src / f"f{i}").write_bytes(os.urandom(3000 + i))
+    repo, _ = _open(path, cache_root)
+    repo.pack_size = 4096  # several packs, so index files are written during the backup
+    try:
+        backup(repo, [str(src)], BackupOptions(host="h"))
+    finally:
+        repo.close()
+    with Repository.open(LocalBackend(path), PASSWORD) as plain:
+        plain.load_index()
+        expected = _index_entries(plain)
+    assert len(expected) > 30
+    assert _load_counting_decodes(path, cache_root, monkeypatch) == (expected, 0)
+
+
+def test_no_cached_index_while_packs_wait_for_their_index_file(tmp_path: Path) -> None:
+    path, cache_root = tmp_path / "repo", tmp_path / "cache"
+    _populated(path)
+    repo, _ = _open(path, cache_root)
+    try:
+        repo.load_index()
+        state = cache_root / repo.config.id / "cairn-index" / repo.config.id
+        before = state.read_bytes()
+        repo.pack_size = 4096
+        for chunk in random_chunks(4, 3000):
+            repo.save_blob(BlobType.DATA, chunk)
+        repo.cache_index()  # packs stored, not yet listed by an index file: nothing kept
+        assert state.read_bytes() == before
+        repo.flush()
+        repo.cache_index()
+        assert state.read_bytes() != before
+    finally:
+        repo.close()

@@ -257,6 +257,8 @@ def backup(
                 # that goes wrong in keeping the records may fail this one.
                 with contextlib.suppress(Exception):
                     archiver.records.save(repo, snap_id, options)
+                with contextlib.suppress(Exception):
+                    repo.cache_index()  # the next command then decodes no index file
     finally:
         if progress is not None and progress.scanner is not None:
             progress.scanner.stop()
@@ -329,6 +331,8 @@ def backup_stdin(
             snap = _new_snapshot(tree, [f"/{filename}"], opts, host, t)
             _attach_summary(snap, stats, t, now_gotime())
             snap_id = repo.save_snapshot(snap)
+            with contextlib.suppress(Exception):
+                repo.cache_index()
     return BackupResult(
         snapshot_id=snap_id,
         parent_id=None,

@@ -115,10 +115,13 @@ class BlobSaver:
         compression: str = "auto",
         pack_size: int = DEFAULT_PACK_SIZE,
         gate: Callable[[], None] | None = None,
+        on_index_file: Callable[[str], None] | None = None,
     ) -> None:
         if compression != "off" and compression not in LEVELS:
             raise ValueError(f"unknown compression mode {compression!r}")
         self.backend = backend
+        #: hears the name of every index file written
+        self.on_index_file = on_index_file
         self.key = key
         self.index = index
         self.files = files
@@ -210,6 +213,12 @@ class BlobSaver:
             self._open.clear()
         for f in files:
             f.close()
+
+    @property
+    def busy(self) -> bool:
+        """Whether some blob is not yet both stored and listed in an index file. Pending
+        is read first: a pack's blobs leave it only after the pack joined ``_unsaved``."""
+        return bool(self._pending) or bool(self._unsaved)
 
     @property
     def pending_count(self) -> int:
@@ -314,12 +323,14 @@ class BlobSaver:
                 self.gate()
             batch, self._unsaved, self._unsaved_count = self._unsaved, [], 0
             try:
-                self.files.save(FileType.INDEX, encode_index(_as_blobs(batch)))
+                name = self.files.save(FileType.INDEX, encode_index(_as_blobs(batch)))
             except BaseException:
                 # Keep them for the next attempt: the packs exist but no index names them yet.
                 self._unsaved = batch + self._unsaved
                 self._unsaved_count += sum(len(e) for _, e in batch)
                 raise
+            if self.on_index_file is not None:
+                self.on_index_file(name)
 
     def _raise_error(self) -> None:
         err = self._error

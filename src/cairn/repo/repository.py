@@ -97,6 +97,9 @@ class Repository:
         self.key_name = key_name
         self.files = FileStore(backend, key, config.version)
         self._index = MasterIndex()
+        #: The index files that describe :attr:`index` exactly (what the cache's copy of
+        #: it is named after); None once it holds something no index file lists.
+        self._index_files: set[str] | None = set()
         self._compression = "auto"
         self.compression = compression
         self._pack_size = pack_size
@@ -256,6 +259,7 @@ class Repository:
     def index(self, index: MasterIndex) -> None:
         """Replace the index (e.g. a fresh one before reloading after prune)."""
         self._index = index
+        self._index_files = None if len(index) else set()
         if self._saver is not None:
             self._saver.index = index
 
@@ -309,6 +313,8 @@ class Repository:
                     else:
                         raise
 
+        if covered and self._index_files is not None:
+            self._index_files |= covered
         if not todo:
             return
         workers = min(len(todo), max(4, 2 * self.backend.connections))
@@ -317,8 +323,9 @@ class Repository:
                 if on_loaded is not None:
                     on_loaded(len(covered) + i + 1, len(names))
         heap.trim()  # the decoded JSON is garbage now: ~6x the index text
-        if fresh:
-            self._cache_index([name for name in names if name not in failed])
+        if self._index_files is not None:
+            self._index_files.update(name for name in todo if name not in failed)
+        self.cache_index()
 
     def _index_from_cache(self, names: list[str]) -> set[str]:
         """Fill the (empty) index from the local cache's copy of it, when every index
@@ -340,13 +347,22 @@ class Repository:
             return set()
         return covered
 
-    def _cache_index(self, names: list[str]) -> None:
-        """Keep the index, just loaded from ``names`` (all of them), for the next run."""
+    def cache_index(self) -> None:
+        """Keep the index in the local cache for the next run (see :meth:`load_index`),
+        named after the index files that describe it. When blobs were saved, call it after
+        :meth:`flush`, with no other thread saving blobs; nothing is kept while a blob
+        waits for its pack or its index file, nor once the index holds blobs that no index
+        file lists (the copy must never claim a blob that no index file names)."""
         cache = self.cache
-        if cache is None:
+        names = self._index_files
+        if cache is None or names is None or (self._saver is not None and self._saver.busy):
             return
-        head = struct.pack("<Q", len(names)) + b"".join(bytes.fromhex(n) for n in names)
+        head = struct.pack("<Q", len(names)) + b"".join(bytes.fromhex(n) for n in sorted(names))
         cache.put_own(_INDEX_STATE, self.config.id, self.key.seal(head + self.index.dump_state()))
+
+    def _index_file_written(self, name: str) -> None:
+        if self._index_files is not None:
+            self._index_files.add(name)
 
     # --- blobs ----------------------------------------------------------------------------
 
@@ -448,7 +464,11 @@ class Repository:
         # The index file first: the packs exist (saves are atomic), so it may name them.
         if write:
             self._gate()
-            found.index_files.append(self.files.save(FileType.INDEX, encode_index(batch)))
+            name = self.files.save(FileType.INDEX, encode_index(batch))
+            found.index_files.append(name)
+            self._index_file_written(name)
+        else:
+            self._index_files = None  # the index now has packs no index file lists
         for _, blobs in batch:
             self.index.add(blobs)
             found.packs += 1
@@ -468,6 +488,7 @@ class Repository:
                         compression=self._compression,
                         pack_size=self._pack_size,
                         gate=self._gate,
+                        on_index_file=self._index_file_written,
                     )
                 saver = self._saver
         return saver
