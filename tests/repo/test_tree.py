@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cairn.errors import FormatError
+from cairn.repo import tree as tree_module
 from cairn.repo.gojson import LossyUtf8
 from cairn.repo.ids import EMPTY_TREE_ID
 from cairn.repo.node import NODE_TYPES, ExtendedAttribute, GoTime, Node
@@ -30,7 +31,7 @@ def _hex(b: bytes) -> str:
 @pytest.mark.parametrize(
     "path", FIXTURE_TREES, ids=lambda p: f"{p.parent.parent.name}/{p.stem[:12]}"
 )
-def test_fixture_tree_round_trip(path: Path) -> None:
+def test_fixture_tree_round_trip(path: Path, tree_reader: str) -> None:
     data = path.read_bytes()
     nodes = decode_tree(data)
     assert encode_tree(nodes) == data
@@ -242,35 +243,80 @@ def test_reader_replaces_invalid_utf8_per_byte() -> None:
     assert n.user == "u\ufffd\ufffd"
 
 
+_MALFORMED_NODES = [
+    _node_json(size=-1),
+    _node_json(size=1.5),
+    _node_json(size=True),
+    _node_json(uid=2**32),
+    _node_json(inode=2**64),
+    _node_json(name=5),
+    _node_json(name="bad\\q"),
+    _node_json(content=["00" * 31]),
+    _node_json(content=["zz" * 32]),
+    _node_json(content="x"),
+    _node_json(subtree="ab"),
+    _node_json(mtime="yesterday"),
+    _node_json(mtime=5),
+    _node_json(user=5),
+    _node_json(extended_attributes=[{"name": "a", "value": "!!"}]),
+    _node_json(extended_attributes={}),
+    _node_json(linktarget_raw=5),
+]
+
+
+def _restic_layout(*nodes: object) -> bytes:
+    """A tree as restic writes it: compact, ``nodes`` its only member, then a newline."""
+    return b'{"nodes":' + json.dumps(list(nodes), separators=(",", ":")).encode() + b"}\n"
+
+
+@pytest.fixture(params=["whole", "node by node"])
+def tree_reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways of decoding: the document at once (small trees), node by node (big ones)."""
+    if request.param == "node by node":
+        monkeypatch.setattr(tree_module, "STREAM_ABOVE", 0)
+    return str(request.param)
+
+
 @pytest.mark.parametrize(
     "bad",
-    [
-        b"not json",
-        b"[]",
-        b'{"nodes":{}}',
-        b'{"nodes":[1]}',
-        _tree(_node_json(size=-1)),
-        _tree(_node_json(size=1.5)),
-        _tree(_node_json(size=True)),
-        _tree(_node_json(uid=2**32)),
-        _tree(_node_json(inode=2**64)),
-        _tree(_node_json(name=5)),
-        _tree(_node_json(name="bad\\q")),
-        _tree(_node_json(content=["00" * 31])),
-        _tree(_node_json(content=["zz" * 32])),
-        _tree(_node_json(content="x")),
-        _tree(_node_json(subtree="ab")),
-        _tree(_node_json(mtime="yesterday")),
-        _tree(_node_json(mtime=5)),
-        _tree(_node_json(user=5)),
-        _tree(_node_json(extended_attributes=[{"name": "a", "value": "!!"}])),
-        _tree(_node_json(extended_attributes={})),
-        _tree(_node_json(linktarget_raw=5)),
-    ],
+    [b"not json", b"[]", b'{"nodes":{}}', b'{"nodes":[1]}', b'{"nodes":[1]}\n']
+    + [_tree(n) for n in _MALFORMED_NODES]
+    + [_restic_layout(_node_json(), n) for n in _MALFORMED_NODES],
 )
-def test_reader_rejects_malformed(bad: bytes) -> None:
+def test_reader_rejects_malformed(bad: bytes, tree_reader: str) -> None:
     with pytest.raises(FormatError):
         decode_tree(bad)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"nodes":[{"name":"a","type":"file","content":[]}',  # never closed
+        b'{"nodes":[{"name":"a","type":"file","content":[]}]',
+        b'{"nodes":[{"name":"a","type":"file","content":[]}]}x',
+        b'{"nodes":[{"name":"a","type":"file","content":[]};{}]}',
+        b'{"nodes":[{"name":"a","type":"file","content":[]},]}',
+    ],
+)
+def test_reader_rejects_broken_restic_layout(text: bytes, tree_reader: str) -> None:
+    with pytest.raises(FormatError):
+        decode_tree(text)
+
+
+def test_restic_layout_and_any_other_decode_alike(tree_reader: str) -> None:
+    """A big tree in restic's own layout is decoded node by node, any other by parsing the
+    document first; both give the same nodes, and a later member wins as in Go."""
+    nodes = [_node_json(name=f"f{i}", size=i) for i in range(3)] + [
+        _node_json(name="l", type="symlink", linktarget="t", content=None),
+        _node_json(name="d", type="dir", subtree=ID.hex(), content=None),
+    ]
+    restic = decode_tree(_restic_layout(*nodes))
+    assert [n.name for n in restic] == [b"f0", b"f1", b"f2", b"l", b"d"]
+    assert restic[4].subtree == ID
+    assert decode_tree(json.dumps({"nodes": nodes}, indent=2).encode()) == restic
+    assert decode_tree(b" " + _restic_layout(*nodes)) == restic
+    assert decode_tree(_restic_layout(*nodes)[:-2] + b',"nodes":[]}') == []
+    assert decode_tree(b'{"nodes":[]}\n') == [] == decode_tree(b'{"nodes":[ ]}')
 
 
 # --- properties ----------------------------------------------------------------------------
@@ -336,6 +382,11 @@ def test_encode_decode_round_trip(nodes: list[Node]) -> None:
     assert back == sorted(nodes, key=lambda n: n.name)
     assert encode_tree(back) == data
     json.loads(data)  # any JSON parser reads it
+    # big trees are read node by node: the same nodes, or (generic attributes) no answer
+    one_by_one = tree_module._nodes_one_by_one(data.decode("utf-8", "surrogateescape"))
+    assert one_by_one in (back, None)
+    if not any(n.generic_attributes is not None for n in nodes):
+        assert one_by_one == back
 
 
 # --- the live oracle: real restic 0.14 -----------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from cairn.errors import FormatError
@@ -387,18 +387,65 @@ def _generic_from_value(v: object) -> dict[str, str]:
     }
 
 
-def _loads(data: bytes | bytearray | memoryview) -> tuple[str, Any]:
+def _decoded_text(data: bytes | bytearray | memoryview) -> str:
     raw = bytes(data)
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
         # Go's decoder replaces invalid bytes inside strings by U+FFFD, one per byte;
         # surrogateescape keeps them one-per-byte until utf8_lossy/unquote_name do that.
-        text = raw.decode("utf-8", "surrogateescape")
+        return raw.decode("utf-8", "surrogateescape")
+
+
+def _loads_text(text: str) -> Any:
     try:
-        return text, json.loads(text)
+        return json.loads(text)
     except ValueError as exc:
         raise FormatError(f"tree is not valid JSON: {exc}") from None
+
+
+_DECODER = json.JSONDecoder()
+#: trees longer than this (in characters) are decoded node by node, which holds a tenth of
+#: the memory and is faster too from ~1,000 nodes (6.4 vs 7.4 µs a node at 18,000), but
+#: 5% slower on the small trees of most directories (5.9 vs 5.7 µs at 400 nodes)
+STREAM_ABOVE = 512 << 10
+#: how restic (and cairn) begin every tree; anything else takes the general path
+_TREE_START = '{"nodes":['
+
+
+def _nodes_one_by_one(text: str) -> list[Node] | None:
+    """The nodes of a tree in restic's compact layout, each decoded as soon as it is
+    parsed, so only one node's JSON object lives at a time: parsing the whole document
+    first held every node's dict at once, 3x the tree's text (a directory of 18,000 files,
+    6.4 MB of JSON: peak 35 -> 14 MiB, 0.136 -> 0.118 s). None for any other layout, invalid JSON and
+    generic attributes: the general path decodes (or rejects) those."""
+    if not text.startswith(_TREE_START):
+        return None
+    scan: Callable[[str, int], tuple[Any, int]]
+    scan = _DECODER.scan_once  # type: ignore[attr-defined]  # raw_decode minus a frame
+    nodes: list[Node] = []
+    i = len(_TREE_START)
+    if text.startswith("]", i):
+        i += 1
+    else:
+        while True:
+            try:
+                d, i = scan(text, i)
+            except (StopIteration, ValueError):
+                return None
+            if type(d) is not dict or _has_generic(d):
+                return None
+            nodes.append(decode_node(d, None, text))
+            sep = text[i : i + 1]
+            i += 1
+            if sep == "]":
+                break
+            if sep != ",":
+                return None
+    # the object must close right after its only member (whitespace may follow)
+    if not text.startswith("}", i) or text[i + 1 :].strip(" \t\n\r"):
+        return None
+    return nodes
 
 
 def _nodes_value(doc: Any) -> list[Any]:
@@ -418,7 +465,12 @@ def _nodes_value(doc: Any) -> list[Any]:
 
 def decode_tree(data: bytes | bytearray | memoryview) -> list[Node]:
     """Parse a tree blob's plaintext into its nodes (in stored order)."""
-    text, doc = _loads(data)
+    text = _decoded_text(data)
+    if len(text) > STREAM_ABOVE:
+        streamed = _nodes_one_by_one(text)
+        if streamed is not None:
+            return streamed
+    doc = _loads_text(text)
     nodes = _nodes_value(doc)
     generic_raws: list[dict[str, str] | None] | None = None
     if any(type(d) is dict and _has_generic(d) for d in nodes):
