@@ -11,7 +11,13 @@ import pytest
 
 import cairn.ops.check as check_module
 from cairn.errors import CheckFailedError, UsageError
-from cairn.ops.check import CheckProgress, check, predicted_pack_size, select_packs
+from cairn.ops.check import (
+    CheckProgress,
+    check,
+    costliest_first,
+    predicted_pack_size,
+    select_packs,
+)
 from tests.conftest import FIXTURE_PASSWORD, run_restic, spy_on_pools
 from tests.restorer.helpers import flip_byte, open_repo
 
@@ -172,6 +178,29 @@ def test_predicted_pack_size_matches_fixture_pack(fixture_repo: Any) -> None:
     for pack_id, records in by_pack.items():
         want = predicted_pack_size(repo.index, records)
         assert want == _pack_path(path, pack_id.hex()).stat().st_size
+
+
+def test_packs_are_read_costliest_first(fixture_repo: Any) -> None:
+    """Bytes first, then blobs, a tree (decoded too) costing more than a data blob: a
+    pack of trees goes before a data pack of the same size."""
+    repo = open_repo(fixture_repo("v2"))
+    try:
+        repo.load_index()
+        by_pack = repo.index.records_by_pack()
+        ids = sorted(by_pack)
+        same = {p: 1000 for p in ids}
+        order = costliest_first(ids, by_pack, same, repo.index)
+        trees = {p for p in ids if repo.index.entries_at(by_pack[p])[0][0] == 1}
+        assert sorted(order) == ids and trees and trees != set(ids)
+        # equal sizes: every tree pack of at least as many blobs precedes each data pack
+        for t in trees:
+            for d in set(ids) - trees:
+                if len(by_pack[t]) >= len(by_pack[d]):
+                    assert order.index(t) < order.index(d)
+        sizes = {p: (10**9 if p == ids[-1] else 1000) for p in ids}
+        assert costliest_first(ids, by_pack, sizes, repo.index)[0] == ids[-1]
+    finally:
+        repo.close()
 
 
 def test_truncated_pack_is_reported_not_raised(fixture_repo: Any, readers: list[int]) -> None:

@@ -62,6 +62,34 @@ def decompress(data: bytes | bytearray | memoryview, expected_size: int | None =
     return out
 
 
+def decompress_into(data: bytes | bytearray | memoryview, out: bytearray, size: int) -> int:
+    """Decompress exactly one frame of ``size`` bytes into ``out`` (at least ``size + 1``
+    long, to see a frame that is longer); returns the length. With room for the whole
+    frame zstd decodes it in one pass, as fast as :func:`decompress`, without a new
+    buffer: big blobs read one after another reuse ``out`` instead of leaving the heap
+    with free holes of every size."""
+    if len(out) <= size:
+        raise ValueError("decompress_into needs room for one byte past the expected size")
+    view = memoryview(out)
+    n = 0
+    try:
+        # across frames: a second frame is more output than ``size``, caught below
+        with _decompressor().stream_reader(data, read_across_frames=True) as reader:
+            while n <= size:
+                got = reader.readinto(view[n:])
+                if not got:
+                    break
+                n += got
+    except zstandard.ZstdError as e:
+        raise FormatError(f"cannot decompress: {e}") from e
+    finally:
+        view.release()
+    if n != size:
+        told = f"more than {size}" if n > size else str(n)
+        raise FormatError(f"decompressed {told} bytes, expected {size}")
+    return n
+
+
 def _decompress_unsized(data: bytes | bytearray | memoryview) -> bytes:
     """A frame of unknown size (JSON files): stream it, then insist on exactly one frame."""
     obj = _decompressor().decompressobj()

@@ -110,5 +110,24 @@ class Key:
         dec = Cipher(self._aes, modes.CTR(iv)).decryptor()
         return dec.update(body) + dec.finalize()
 
+    def open_in_place(self, sealed: memoryview) -> memoryview:
+        """Like :meth:`open`, but the plaintext overwrites the ciphertext in ``sealed``
+        (writable) and comes back as a view of it: no buffer of the blob's size is made,
+        which is what a reader of whole packs needs (check). CTR is a stream cipher, so
+        OpenSSL decrypts in place; ``update_into`` wants 15 bytes of room past the end,
+        which the MAC's 16 provide."""
+        if len(sealed) < OVERHEAD:
+            raise IntegrityError("ciphertext too short")
+        iv = bytes(sealed[:IV_SIZE])
+        body = sealed[IV_SIZE:-MAC_SIZE]
+        if not any(iv):
+            raise IntegrityError("invalid all-zero IV")
+        if not hmac.compare_digest(self._mac(iv, body), bytes(sealed[-MAC_SIZE:])):
+            raise IntegrityError("ciphertext verification failed")
+        n = len(body)
+        if n:
+            Cipher(self._aes, modes.CTR(iv)).decryptor().update_into(body, sealed[IV_SIZE:])
+        return sealed[IV_SIZE : IV_SIZE + n]
+
 
 _local = threading.local()

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from cairn.backend.base import Backend, FileType, Handle
 from cairn.errors import FormatError, IntegrityError
-from cairn.repo.compression import decompress
+from cairn.repo.compression import decompress, decompress_into
 from cairn.repo.crypto import OVERHEAD, Key
 from cairn.repo.ids import BLOB_TYPES, BlobType
 from cairn.repo.index import PackedBlob
@@ -143,6 +143,49 @@ def open_blob(key: Key, blob: PackedBlob, sealed: bytes | memoryview) -> bytes:
             f"does not match its ID"
         )
     return plain
+
+
+#: data blobs up to this size are decompressed into a new buffer: small ones are quick to
+#: allocate, and the heap reuses their space
+_SMALL_BLOB = 1 << 20
+
+
+class BlobVerifier:
+    """Verifies stored blobs as :func:`open_blob` does, for a reader that only needs to know
+    that each one is sound (check --read-data): the blob is decrypted where it lies and a
+    big one decompressed into a buffer kept from blob to blob, so no buffer the size of a
+    blob is made per blob. A forked reader of 16 MiB packs of 8 MiB chunks otherwise held
+    three such buffers at a time and a heap grown by their free space (65 MB private)."""
+
+    def __init__(self, key: Key):
+        self.key = key
+        self._out = bytearray()
+
+    def verify(self, blob: PackedBlob, sealed: memoryview) -> None:
+        """IntegrityError unless ``sealed`` (writable; overwritten) is ``blob`` intact."""
+        try:
+            plain = self.key.open_in_place(sealed)
+            size = blob.uncompressed_length
+            if not size:
+                digest = hashlib.sha256(plain).digest()
+            elif size <= _SMALL_BLOB:
+                digest = hashlib.sha256(decompress(plain, size)).digest()
+            else:
+                if len(self._out) <= size:
+                    self._out = bytearray(size + 1)
+                decompress_into(plain, self._out, size)
+                with memoryview(self._out) as out:
+                    digest = hashlib.sha256(out[:size]).digest()
+        except IntegrityError as e:
+            raise IntegrityError(
+                f"{blob.type.label} blob {blob.id.hex()[:16]} in pack {blob.pack_id.hex()[:16]} "
+                f"is damaged: {e}"
+            ) from e
+        if digest != blob.id:
+            raise IntegrityError(
+                f"{blob.type.label} blob {blob.id.hex()[:16]} in pack {blob.pack_id.hex()[:16]} "
+                f"does not match its ID"
+            )
 
 
 def coalesce(blobs: Sequence[PackedBlob], max_gap: int, max_span: int) -> list[list[PackedBlob]]:
