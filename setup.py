@@ -1,5 +1,6 @@
-"""Build cairn's two native parts (C, both release the GIL): restic's Rabin chunker, and
-scrypt's ROMix for one lane (so the lanes of a key derivation run on all cores)."""
+"""Build cairn's native parts (C, all release the GIL): restic's Rabin chunker, scrypt's
+ROMix for one lane (so the lanes of a key derivation run on all cores), and the count of
+a directory tree behind the progress display's ETA."""
 
 from setuptools import Extension, setup
 
@@ -14,6 +15,11 @@ setup(
             "cairn.repo._scrypt",
             sources=["src/cairn/repo/_scrypt.c"],
             extra_compile_args=["-O3", "-std=c11"],
+        ),
+        Extension(
+            "cairn.archiver._treecount",
+            sources=["src/cairn/archiver/_treecount.c"],
+            extra_compile_args=["-O2", "-std=c11"],
         ),
     ]
 )

@@ -73,6 +73,17 @@ class Selector:
         self.larger_than = opts.exclude_larger_than
         self.one_file_system = opts.one_file_system
 
+    @property
+    def has_rules(self) -> bool:
+        """Whether any entry can be excluded at all."""
+        return bool(
+            self.patterns
+            or self.ipatterns
+            or self.if_present
+            or self.larger_than is not None
+            or self.one_file_system
+        )
+
     def excluded_by_name(self, path: bytes) -> bool:
         """Pattern rules, applied to the absolute path of the entry."""
         return bool(

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cairn.cli.output import human_duration, human_size, print_json
+from cairn.threadname import name_this_thread
 
 
 @dataclass
@@ -103,6 +104,7 @@ class Ticker:
                 sys.stderr.flush()
 
     def _run(self) -> None:
+        name_this_thread("cairn-progress")
         while not self._stop.wait(self.interval):
             sample = self.sampler()
             elapsed = time.monotonic() - self.start
