@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +112,23 @@ def test_verifier_keeps_one_output_buffer_for_big_blobs() -> None:
         blob, sealed = _stored(plain)
         verifier.verify(blob, memoryview(bytearray(sealed)))
     assert len(verifier._out) == len(bigger) + 1
+
+
+def test_blob_buffer_is_kept_across_packs_and_only_grows(tmp_path: Path) -> None:
+    from cairn.ops.packscan import BlobBuffer, PackFile
+
+    buffer = BlobBuffer()
+    first, second = tmp_path / "p1", tmp_path / "p2"
+    first.write_bytes(b"a" * 5000)
+    second.write_bytes(b"b" * 300)
+    one = PackFile(first, buffer)
+    assert bytes(one.blob(0, 5000)) == b"a" * 5000
+    one.close()
+    kept = buffer._buf
+    two = PackFile(second, buffer)
+    view = two.blob(0, 300)
+    view[:3] = b"xyz"  # writable: check decrypts in place
+    assert bytes(view) == b"xyz" + b"b" * 297
+    assert buffer._buf is kept and len(kept) == 5000
+    assert two.digest() == hashlib.sha256(b"b" * 300).digest()  # the file, not the buffer
+    two.close()

@@ -40,10 +40,10 @@ class PackScan(Protocol):
     def close(self) -> None: ...
 
 
-class _Scratch:
+class BlobBuffer:
     """One buffer for each blob in turn, replaced only by a bigger one: reading blobs of
     every size into new buffers leaves the heap full of free holes (a forked reader
-    reached 65 MB private on /usr/lib+share)."""
+    reached 65 MB private on /usr/lib+share). A reader keeps one from pack to pack."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -57,11 +57,11 @@ class _Scratch:
 class PackInMemory:
     """A pack already loaded whole."""
 
-    def __init__(self, data: bytes):
+    def __init__(self, data: bytes, buffer: BlobBuffer | None = None):
         self.data = data
         self.view = memoryview(data)
         self.size = len(data)
-        self._scratch = _Scratch()
+        self._scratch = buffer or BlobBuffer()
 
     def header_bytes(self) -> memoryview:
         hlen = header_length(self.size, self.view[max(0, self.size - 4) :])
@@ -82,7 +82,7 @@ class PackInMemory:
 class PackFile:
     """A local pack file, read in one pass: each blob once, hashed as it goes by."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, buffer: BlobBuffer | None = None):
         self.path = path
         try:
             # closed by close(); a BufferedReader, whose type open() does not tell
@@ -94,7 +94,7 @@ class PackFile:
         self.hash = hashlib.sha256()
         self.pos = 0
         self._header: bytes | None = None
-        self._scratch = _Scratch()
+        self._scratch = buffer or BlobBuffer()
 
     def _read(self, length: int) -> memoryview:
         data = self._scratch.view(length)
