@@ -481,8 +481,10 @@ class _Checker:
     def _open_pack(self, name: str) -> PackScan:
         backend = self.repo.backend
         if isinstance(backend, LocalBackend):
-            return PackFile(backend.local_path(Handle(FileType.PACK, name)), self._blob_buffer())
-        return PackInMemory(backend.load(Handle(FileType.PACK, name)), self._blob_buffer())
+            return PackFile(
+                backend.local_path(Handle(FileType.PACK, name)), self._reader_state()[0]
+            )
+        return PackInMemory(backend.load(Handle(FileType.PACK, name)), self._reader_state()[0])
 
     def _read_pack(self, pack_id: bytes, indexed: list[_BlobKey]) -> _PackOutcome:
         """Reads one pack; ``indexed`` holds its entries in the index (as ``_blob_key``)."""
@@ -544,7 +546,7 @@ class _Checker:
                     )
                 )
         in_index = set(indexed)
-        verifier = self._verifier()
+        verifier = self._reader_state()[1]
         for b in header:
             if key(b) not in in_index:
                 out.errors.append(
@@ -575,20 +577,13 @@ class _Checker:
                 # reading and decrypting it a second time
                 out.trees[b.id] = self._decoded_findings(b.id, plain)
 
-    def _blob_buffer(self) -> BlobBuffer:
-        """This thread's (or forked reader's) buffer for stored blobs, kept between packs:
-        with 8 MiB chunks a new one a pack was faulted in again after every heap trim."""
-        buffer: BlobBuffer | None = getattr(self._local, "blob_buffer", None)
-        if buffer is None:
-            buffer = self._local.blob_buffer = BlobBuffer()
-        return buffer
-
-    def _verifier(self) -> BlobVerifier:
-        """This thread's (or forked reader's): its buffer lasts from pack to pack."""
-        verifier: BlobVerifier | None = getattr(self._local, "verifier", None)
-        if verifier is None:
-            verifier = self._local.verifier = BlobVerifier(self.repo.key)
-        return verifier
+    def _reader_state(self) -> tuple[BlobBuffer, BlobVerifier]:
+        """This thread's (or forked reader's) buffers, kept from pack to pack: with 8 MiB
+        chunks a new one a pack was faulted in again after every heap trim."""
+        state: tuple[BlobBuffer, BlobVerifier] | None = getattr(self._local, "state", None)
+        if state is None:
+            state = self._local.state = (BlobBuffer(), BlobVerifier(self.repo.key))
+        return state
 
     def _decoded_findings(self, tid: bytes, plain: bytes) -> _TreeFindings | CairnError:
         try:

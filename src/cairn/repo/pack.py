@@ -133,16 +133,16 @@ def open_blob(key: Key, blob: PackedBlob, sealed: bytes | memoryview) -> bytes:
         if blob.uncompressed_length:
             plain = decompress(plain, blob.uncompressed_length)
     except IntegrityError as e:
-        raise IntegrityError(
-            f"{blob.type.label} blob {blob.id.hex()[:16]} in pack {blob.pack_id.hex()[:16]} "
-            f"is damaged: {e}"
-        ) from e
+        raise _blob_error(blob, f"is damaged: {e}") from e
     if hashlib.sha256(plain).digest() != blob.id:
-        raise IntegrityError(
-            f"{blob.type.label} blob {blob.id.hex()[:16]} in pack {blob.pack_id.hex()[:16]} "
-            f"does not match its ID"
-        )
+        raise _blob_error(blob, "does not match its ID")
     return plain
+
+
+def _blob_error(blob: PackedBlob, what: str) -> IntegrityError:
+    return IntegrityError(
+        f"{blob.type.label} blob {blob.id.hex()[:16]} in pack {blob.pack_id.hex()[:16]} {what}"
+    )
 
 
 #: data blobs up to this size are decompressed into a new buffer: small ones are quick to
@@ -177,15 +177,9 @@ class BlobVerifier:
                 with memoryview(self._out) as out:
                     digest = hashlib.sha256(out[:size]).digest()
         except IntegrityError as e:
-            raise IntegrityError(
-                f"{blob.type.label} blob {blob.id.hex()[:16]} in pack {blob.pack_id.hex()[:16]} "
-                f"is damaged: {e}"
-            ) from e
+            raise _blob_error(blob, f"is damaged: {e}") from e
         if digest != blob.id:
-            raise IntegrityError(
-                f"{blob.type.label} blob {blob.id.hex()[:16]} in pack {blob.pack_id.hex()[:16]} "
-                f"does not match its ID"
-            )
+            raise _blob_error(blob, "does not match its ID")
 
 
 def coalesce(blobs: Sequence[PackedBlob], max_gap: int, max_span: int) -> list[list[PackedBlob]]:
