@@ -255,14 +255,14 @@ def _load_counting_decodes(
 ) -> tuple[list[tuple[int, bytes, bytes, int, int, int]], int]:
     """Open with the cache and load the index: (its entries, index files decoded)."""
     decoded = 0
-    real = repository_module.decode_index
+    real = repository_module.iter_index
 
     def counting(data: bytes) -> object:
         nonlocal decoded
         decoded += 1
         return real(data)
 
-    monkeypatch.setattr(repository_module, "decode_index", counting)
+    monkeypatch.setattr(repository_module, "iter_index", counting)
     repo, _ = _open(path, cache_root)
     try:
         repo.load_index()

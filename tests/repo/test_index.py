@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import threading
@@ -24,6 +25,7 @@ from cairn.repo.index import (
     _decode_json,
     decode_index,
     encode_index,
+    iter_index,
 )
 from cairn.repo.repository import Repository
 from tests.conftest import FIXTURE_PASSWORD
@@ -267,3 +269,37 @@ def test_other_layouts_go_to_the_json_decoder() -> None:
         assert _decode_compact(good[:cut]) is None
         with pytest.raises(FormatError):
             decode_index(good[:cut])
+
+
+def test_a_damaged_index_file_fails_before_any_of_its_packs_is_handed_out() -> None:
+    """iter_index checks the whole file first: a file damaged in its last pack must not
+    put its first packs into an index and then fail (check reports the file, and a
+    backup must not trust part of it)."""
+    packs = [
+        (bid(10 + i), [PackedBlob(BlobType.DATA, bid(20 + i), bid(10 + i), 0, 40, 0)])
+        for i in range(3)
+    ]
+    good = encode_index(packs)
+    taken, _ = iter_index(good)
+    assert list(taken) == decode_index(good)[0]
+    assert len(decode_index(good)[0]) == 3
+    last = good.rindex(b'"offset":0')
+    damaged = good[:last] + b'"offset":x' + good[last + len(b'"offset":0') :]
+    with pytest.raises(FormatError):
+        iter_index(damaged)  # raises here, not while the packs are taken
+
+
+def test_packs_of_an_index_file_are_built_one_at_a_time() -> None:
+    """The entries of the second pack do not exist until the first has been taken."""
+    pack_a, pack_b = bid(30), bid(31)
+    text = encode_index(
+        [
+            (pack_a, [PackedBlob(BlobType.DATA, bid(32), pack_a, 0, 40, 0)]),
+            (pack_b, [PackedBlob(BlobType.TREE, bid(33), pack_b, 0, 50, 0)]),
+        ]
+    )
+    taken, _ = iter_index(text)
+    first = next(taken)
+    assert first == (pack_a, [(0, bid(32), 0, 40, 0)])
+    assert inspect.getgeneratorstate(taken) == inspect.GEN_SUSPENDED  # type: ignore[arg-type]
+    assert next(taken) == (pack_b, [(1, bid(33), 0, 50, 0)])

@@ -39,8 +39,8 @@ from cairn.repo.index import (
     INDEX_FILE_BLOBS,
     MasterIndex,
     PackedBlob,
-    decode_index,
     encode_index,
+    iter_index,
 )
 from cairn.repo.keys import KdfParams, default_kdf, open_master_key
 from cairn.repo.keys import add_key as _add_key
@@ -299,11 +299,10 @@ class Repository:
                 try:
                     text = self.files.load(FileType.INDEX, name)
                     with decoding:
-                        packs, _ = decode_index(text)
-                        del text
+                        packs, _ = iter_index(text)  # a damaged file fails here, whole
                         for pack_id, entries in packs:
                             self.index.add_pack(pack_id, entries)
-                        del packs
+                        del packs, text
                 except CairnError as e:
                     failed.add(name)
                     if on_error is not None:
