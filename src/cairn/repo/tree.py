@@ -219,7 +219,7 @@ def _text(d: dict[str, Any], key: str) -> str:
 #: One object per distinct value of the fields that repeat across nodes (type, mode,
 #: owner names, device): json gives each node its own copies, which for a restore plan of
 #: 100k files were ~16 MB of identical strings and numbers. Bounded, for hostile trees.
-_SHARED: dict[object, object] = {}
+_SHARED: dict[Any, Any] = {}  # each key maps to itself
 _SHARED_MAX = 4096
 _T = TypeVar("_T")
 
@@ -227,7 +227,7 @@ _T = TypeVar("_T")
 def _shared(v: _T) -> _T:
     got = _SHARED.get(v)
     if got is not None:
-        return got  # type: ignore[return-value]
+        return got  # type: ignore[no-any-return]
     if len(_SHARED) < _SHARED_MAX:
         _SHARED[v] = v
     return v
@@ -262,6 +262,17 @@ def _id(v: object, key: str) -> bytes:
 def _ids(v: object) -> list[bytes]:
     if type(v) is not list:
         raise FormatError("tree node: content is not a list")
+    if len(v) == 1:  # most files are one chunk
+        c = v[0]
+        if type(c) is str and len(c) == 64:
+            try:
+                raw = bytes.fromhex(c)
+            except ValueError:
+                pass
+            else:
+                if len(raw) == 32:
+                    return [raw]
+        return [_id(c, "content")]
     # One fromhex call for the whole list; the length check catches bad entries (fromhex
     # would skip spaces), which are then reported one by one.
     if all(type(c) is str and len(c) == 64 for c in v):
@@ -317,32 +328,100 @@ def _linktarget(lt: str, text: str | None) -> bytes:
     return raw
 
 
+def _bad_int(key: str, v: object) -> FormatError:
+    return FormatError(f"tree node: invalid {key} {v!r}")
+
+
 def decode_node(
     d: object, generic_raw: dict[str, str] | None = None, text: str | None = None
 ) -> Node:
     """Build a :class:`Node` from one parsed JSON node object. ``generic_raw`` carries the
     raw text of ``generic_attributes`` values when the caller extracted it; ``text`` is the
-    whole tree's JSON text, used to recognise lossy (``\\ufffd``-escaped) symlink targets."""
+    whole tree's JSON text, used to recognise lossy (``\\ufffd``-escaped) symlink targets.
+
+    Every tree a restore, a diff or ``check`` reads goes through here, node by node, so
+    the common case is written out field by field (locals, no helper call per field, the
+    Node built from positional arguments): 5.1 -> 3.4 us a node. The helpers handle
+    what is rare (null, non-ASCII text, a value of the wrong type)."""
     if type(d) is not dict:
         raise FormatError("tree node is not a JSON object")
     if not d.keys() <= _FIELD_SET:
         d = _canonical_keys(d)
     get = d.get
-    for key, limit in _INT_FIELDS:
-        v = get(key)
-        if v is not None and not (type(v) is int and 0 <= v < limit):
-            raise FormatError(f"tree node: invalid {key} {v!r}")
+    # Integers: null is Go's zero; anything but an int in range is an error (a bool too)
+    mode = get("mode")
+    if mode is None:
+        mode = 0
+    elif type(mode) is not int or not 0 <= mode < _U32:
+        raise _bad_int("mode", mode)
+    uid = get("uid")
+    if uid is None:
+        uid = 0
+    elif type(uid) is not int or not 0 <= uid < _U32:
+        raise _bad_int("uid", uid)
+    gid = get("gid")
+    if gid is None:
+        gid = 0
+    elif type(gid) is not int or not 0 <= gid < _U32:
+        raise _bad_int("gid", gid)
+    inode = get("inode")
+    if inode is None:
+        inode = 0
+    elif type(inode) is not int or not 0 <= inode < _U64:
+        raise _bad_int("inode", inode)
+    device_id = get("device_id")
+    if device_id is None:
+        device_id = 0
+    elif type(device_id) is not int or not 0 <= device_id < _U64:
+        raise _bad_int("device_id", device_id)
+    size = get("size")
+    if size is None:
+        size = 0
+    elif type(size) is not int or not 0 <= size < _U64:
+        raise _bad_int("size", size)
+    links = get("links")
+    if links is None:
+        links = 0
+    elif type(links) is not int or not 0 <= links < _U64:
+        raise _bad_int("links", links)
+    device = get("device")
+    if device is None:
+        device = 0
+    elif type(device) is not int or not 0 <= device < _U64:
+        raise _bad_int("device", device)
     name = get("name")
     if name is None:
         name = ""
     elif type(name) is not str:
         raise FormatError("tree node: name is not a string")
+    # Text fields: an ASCII string as it is, anything else through _text
+    kind = get("type")
+    if type(kind) is not str or not kind.isascii():
+        kind = _text(d, "type")
+    user = get("user")
+    if type(user) is not str or not user.isascii():
+        user = _text(d, "user")
+    group = get("group")
+    if type(group) is not str or not group.isascii():
+        group = _text(d, "group")
+    error = get("error")
+    if error is None:
+        error = ""
+    elif type(error) is not str or not error.isascii():
+        error = _text(d, "error")
+    mtime = get("mtime")
+    mtime = parse_time(mtime) if type(mtime) is str else _time(d, "mtime")
+    atime = get("atime")
+    atime = parse_time(atime) if type(atime) is str else _time(d, "atime")
+    ctime = get("ctime")
+    ctime = parse_time(ctime) if type(ctime) is str else _time(d, "ctime")
     content_v = get("content")
-    content = None if content_v is None else _ids(content_v)
     subtree_v = get("subtree")
-    linktarget_raw = parse_bytes(get("linktarget_raw"))
+    linktarget_raw = get("linktarget_raw")
     if linktarget_raw is not None:
-        linktarget = linktarget_raw
+        linktarget = parse_bytes(linktarget_raw) or b""
+    elif get("linktarget") is None:
+        linktarget = b""
     else:
         linktarget = _linktarget(_text(d, "linktarget"), text)
     generic: dict[str, str] | None = None
@@ -352,28 +431,29 @@ def decode_node(
         else:
             generic = generic_raw
     xattrs_v = get("extended_attributes")
+    shared = _SHARED.get
     return Node(
-        name=unquote_name(name),
-        type=_shared(_text(d, "type")),
-        mode=_shared(get("mode") or 0),
-        mtime=_time(d, "mtime"),
-        atime=_time(d, "atime"),
-        ctime=_time(d, "ctime"),
-        uid=get("uid") or 0,
-        gid=get("gid") or 0,
-        user=_shared(_text(d, "user")),
-        group=_shared(_text(d, "group")),
-        inode=get("inode") or 0,
-        device_id=_shared(get("device_id") or 0),
-        size=get("size") or 0,
-        links=get("links") or 0,
-        linktarget=linktarget,
-        extended_attributes=_NO_XATTRS if xattrs_v is None else _xattrs(xattrs_v),
-        generic_attributes=generic,
-        device=get("device") or 0,
-        content=content,
-        subtree=None if subtree_v is None else _id(subtree_v, "subtree"),
-        error=_text(d, "error"),
+        unquote_name(name),
+        shared(kind) or _shared(kind),
+        shared(mode) or _shared(mode),
+        mtime,
+        atime,
+        ctime,
+        uid,
+        gid,
+        shared(user) or _shared(user),
+        shared(group) or _shared(group),
+        inode,
+        shared(device_id) or _shared(device_id),
+        size,
+        links,
+        linktarget,
+        _NO_XATTRS if xattrs_v is None else _xattrs(xattrs_v),
+        generic,
+        device,
+        None if content_v is None else _ids(content_v),
+        None if subtree_v is None else _id(subtree_v, "subtree"),
+        error,
     )
 
 
