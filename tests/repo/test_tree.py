@@ -16,7 +16,14 @@ from cairn.repo import tree as tree_module
 from cairn.repo.gojson import LossyUtf8
 from cairn.repo.ids import EMPTY_TREE_ID
 from cairn.repo.node import NODE_TYPES, ExtendedAttribute, GoTime, Node
-from cairn.repo.tree import decode_node, decode_tree, encode_node, encode_tree, go_compact
+from cairn.repo.tree import (
+    decode_node,
+    decode_tree,
+    encode_node,
+    encode_tree,
+    go_compact,
+    tree_references,
+)
 from tests.conftest import EXPECTED, run_restic
 
 FIXTURE_TREES = sorted(EXPECTED.glob("*/trees/*.json"))
@@ -483,3 +490,97 @@ def test_live_restic_trees_round_trip(tmp_path: Path, tz: str) -> None:
     assert type(links[b"weird-link"].linktarget) is bytes  # its U+FFFD is a real one
     # 0.14 stores the invalid target lossily; our reader returns what restic would restore.
     assert links[b"bad-link"].linktarget == "target-\ufffd-not-utf8".encode()
+
+
+# --- tree_references: check's way through a tree --------------------------------------------
+
+
+def _followed(nodes: list[Node]) -> tuple[list[bytes], list[bytes]]:
+    """What check follows from decoded nodes: directories' subtrees, files' content."""
+    subtrees = [n.subtree for n in nodes if n.type == "dir" and n.subtree is not None]
+    content = [b for n in nodes if n.type == "file" for b in n.content or []]
+    return subtrees, content
+
+
+def test_tree_references_of_a_plain_tree() -> None:
+    nodes = [
+        _node_json(name="f", content=[ID.hex(), ID2.hex()], size=9),
+        _node_json(name="d", type="dir", subtree=ID2.hex(), content=None),
+        _node_json(name="l", type="symlink", linktarget="t", content=None),
+        _node_json(name="e", content=[]),
+    ]
+    data = _restic_layout(*nodes)
+    assert tree_references(data) == ([ID2], [ID, ID2]) == _followed(decode_tree(data))
+    assert tree_references(b'{"nodes":[]}\n') == ([], [])
+
+
+@pytest.mark.parametrize("bad", _MALFORMED_NODES)
+def test_tree_references_refuses_what_decoding_rejects(bad: dict[str, object]) -> None:
+    data = _restic_layout(_node_json(), bad)
+    with pytest.raises(FormatError):
+        decode_tree(data)
+    assert tree_references(data) is None
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        _node_json(type="dir", content=None),  # a directory without its subtree
+        _node_json(content=None),  # a file without content
+        _node_json(type="gizmo"),  # a type check reports
+        _node_json(type="symlink", subtree=ID.hex(), content=None),  # not followed
+        _node_json(Name="x"),  # another spelling of a key
+        _node_json(generic_attributes={"a": 1}),
+        _node_json(name="a\\tb"),  # an escape for unquote_name
+    ],
+)
+def test_tree_references_leaves_the_rest_to_the_full_decoder(odd: dict[str, object]) -> None:
+    """Valid or not, a node outside the plain form goes the general way, where check
+    reports what it must (a missing subtree, an unknown type) with the node's name."""
+    assert tree_references(_restic_layout(_node_json(), odd)) is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(nodes_strategy, max_size=5, unique_by=lambda n: n.name))
+def test_tree_references_agree_with_decoding(nodes: list[Node]) -> None:
+    data = encode_tree(nodes)
+    refs = tree_references(data)
+    decoded = decode_tree(data)
+    if refs is not None:
+        assert refs == _followed(decoded)
+    plain = all(
+        not n.extended_attributes
+        and n.generic_attributes is None
+        and (n.type != "file" or n.content is not None)
+        and (n.type != "dir" or n.subtree is not None)
+        and (n.type == "file" or n.content is None)
+        and (n.type == "dir" or n.subtree is None)
+        and not set(n.name.decode("utf-8", "replace")) & set('\\"\n')
+        and n.name.decode("utf-8", "replace").isprintable()
+        and n.name.isascii()
+        and not (n.linktarget and not n.linktarget.isascii())
+        for n in nodes
+    )
+    if plain:
+        assert refs is not None  # the fast way is taken for what restic writes
+
+
+_node_values = st.one_of(
+    _json_values,
+    st.sampled_from(["2021-01-02T03:04:05Z", "2021-13-02T03:04:05Z", ID.hex(), "zz" * 32]),
+    st.lists(st.sampled_from([ID.hex(), "zz" * 32, "ab", 5]), max_size=3),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(st.sampled_from(sorted(tree_module._PLAIN_KEYS)), _node_values),
+        max_size=3,
+    )
+)
+def test_tree_references_never_take_what_decoding_rejects(nodes: list[dict[str, object]]) -> None:
+    data = _restic_layout(*nodes)
+    refs = tree_references(data)
+    if refs is not None:
+        assert refs == _followed(decode_tree(data))  # decodes, and to the same references

@@ -41,7 +41,7 @@ from cairn.repo.node import Node
 from cairn.repo.pack import COMPRESSED_ENTRY, PLAIN_ENTRY, BlobVerifier, open_blob, open_header
 from cairn.repo.repository import Repository
 from cairn.repo.snapshot import Snapshot
-from cairn.repo.tree import decode_tree
+from cairn.repo.tree import decode_tree, tree_references
 
 
 @dataclass
@@ -586,6 +586,13 @@ class _Checker:
         return state
 
     def _decoded_findings(self, tid: bytes, plain: bytes) -> _TreeFindings | CairnError:
+        refs = tree_references(plain)
+        if refs is not None:
+            subtrees, content = refs
+            index = self.repo.index
+            if index.has_all(BlobType.DATA, content) and index.has_all(BlobType.TREE, subtrees):
+                return subtrees, []
+        # something to report, or a tree in another form: the nodes say what
         try:
             return self._tree_findings(tid, decode_tree(plain))
         except CairnError as e:

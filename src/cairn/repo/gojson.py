@@ -296,7 +296,8 @@ def quote_name(raw: bytes) -> str:
     return "".join([_quote_char(ch) for ch in s])
 
 
-_UNQUOTE_SPECIAL = re.compile('[\\\\"\n]')
+#: what makes a name need unquoting (anything else is its own bytes)
+UNQUOTE_SPECIAL = re.compile('[\\\\"\n]')
 _HEX = frozenset("0123456789abcdefABCDEF")
 _UNQUOTE_SIMPLE = {
     "a": b"\a",
@@ -324,7 +325,7 @@ def unquote_name(s: str) -> bytes:
     """Go's ``strconv.Unquote('"' + s + '"')`` returning raw bytes (``\\xHH`` and octal
     escapes give single bytes). Raises :class:`FormatError` where Go reports a syntax error:
     an unknown escape, ``\\'``, a raw newline or an unescaped ``"``."""
-    m = _UNQUOTE_SPECIAL.search(s)
+    m = UNQUOTE_SPECIAL.search(s)
     if m is None:
         return _utf8(s)
     out = bytearray()
@@ -368,7 +369,7 @@ def unquote_name(s: str) -> bytes:
             pos += 2
         else:
             raise FormatError(f"invalid quoted name {s!r}: unknown escape \\{c}")
-        m = _UNQUOTE_SPECIAL.search(s, pos)
+        m = UNQUOTE_SPECIAL.search(s, pos)
     if pos < n:
         out += _utf8(s[pos:])
     return bytes(out)

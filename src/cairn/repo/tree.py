@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from cairn.errors import FormatError
 from cairn.repo.gojson import (
+    UNQUOTE_SPECIAL,
     LossyUtf8,
     format_time,
     go_bytes,
@@ -26,9 +27,16 @@ from cairn.repo.gojson import (
     unquote_name,
     utf8_lossy,
 )
-from cairn.repo.node import ZERO_TIME, ExtendedAttribute, GoTime, Node
+from cairn.repo.node import NODE_TYPES, ZERO_TIME, ExtendedAttribute, GoTime, Node
 
-__all__ = ["encode_tree", "decode_tree", "encode_node", "decode_node", "go_compact"]
+__all__ = [
+    "encode_tree",
+    "decode_tree",
+    "encode_node",
+    "decode_node",
+    "go_compact",
+    "tree_references",
+]
 
 _U32 = 1 << 32
 _U64 = 1 << 64
@@ -648,3 +656,98 @@ class _GenericScanner:
             else:
                 self.pos = self._skip(j)
         return generic
+
+
+# --- what a tree refers to, for check ---------------------------------------------------
+
+#: the keys tree_references takes: restic's own spelling, and only fields a type check
+#: settles (extended and generic attributes and linktarget_raw go the general way)
+_PLAIN_KEYS = _FIELD_SET - {"extended_attributes", "generic_attributes", "linktarget_raw"}
+_U32_KEYS = ("mode", "uid", "gid")
+_U64_KEYS = ("inode", "device_id", "size", "links", "device")
+_TEXT_KEYS = ("type", "user", "group", "error", "linktarget")
+_TIME_KEYS = ("mtime", "atime", "ctime")
+_NODE_TYPE_SET = frozenset(NODE_TYPES)
+
+
+def tree_references(data: bytes | bytearray | memoryview) -> tuple[list[bytes], list[bytes]] | None:
+    """(subtrees, data blobs) of a tree, for ``check``, without building its nodes; None
+    unless the tree is in the plain form restic and cairn write, every node would decode
+    (:func:`decode_tree` accepts it), every node has a known type, every file a content
+    list and every directory a subtree. On None the caller decodes the tree, which either
+    says what is wrong or takes what this does not (another key spelling, attributes).
+
+    Every tree of every snapshot passes here when a repository is checked: on one with
+    20 snapshots of 100k files, decoding nodes was half of check's reading time.
+    Trees above STREAM_ABOVE go the general way (it decodes them node by node)."""
+    if len(data) > STREAM_ABOVE:
+        return None
+    try:
+        doc = json.loads(bytes(data).decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError too
+        return None
+    if type(doc) is not dict or len(doc) != 1:
+        return None
+    nodes = doc.get("nodes")
+    if type(nodes) is not list:
+        return None
+    subtrees: list[str] = []
+    content: list[str] = []
+    plain = _PLAIN_KEYS
+    special = UNQUOTE_SPECIAL.search
+    try:
+        for d in nodes:
+            if type(d) is not dict or not d.keys() <= plain:
+                return None
+            get = d.get
+            for v in map(get, _U32_KEYS):
+                if v is not None and (type(v) is not int or not 0 <= v < _U32):
+                    return None
+            for v in map(get, _U64_KEYS):
+                if v is not None and (type(v) is not int or not 0 <= v < _U64):
+                    return None
+            for v in map(get, _TEXT_KEYS):
+                if v is not None and type(v) is not str:
+                    return None
+            for v in map(get, _TIME_KEYS):
+                if v is not None:
+                    if type(v) is not str:
+                        return None
+                    parse_time(v)  # FormatError if Go would reject it
+            name = get("name")
+            if name is not None and (type(name) is not str or special(name)):
+                return None  # an escape unquote_name must judge
+            kind = get("type")
+            if kind not in _NODE_TYPE_SET:
+                return None
+            # what check follows: a file's content, a directory's subtree (a content
+            # list or subtree anywhere else is checked, not followed: the general way)
+            ids = get("content")
+            sub = get("subtree")
+            if kind == "file":
+                if type(ids) is not list or sub is not None:
+                    return None
+                content += ids
+            elif kind == "dir":
+                if type(sub) is not str or len(sub) != 64 or ids is not None:
+                    return None
+                subtrees.append(sub)
+            elif ids is not None or sub is not None:
+                return None
+    except FormatError:
+        return None
+    # every ID 64 characters of hex: one fromhex for them all (it would skip spaces,
+    # which the lengths rule out)
+    if not all(type(c) is str and len(c) == 64 for c in content):
+        return None
+    try:
+        raw_content = bytes.fromhex("".join(content))
+        raw_subtrees = bytes.fromhex("".join(subtrees))
+    except ValueError:
+        return None
+    if len(raw_content) != 32 * len(content) or len(raw_subtrees) != 32 * len(subtrees):
+        return None
+    return (
+        [raw_subtrees[i : i + 32] for i in range(0, len(raw_subtrees), 32)],
+        [raw_content[i : i + 32] for i in range(0, len(raw_content), 32)],
+    )
