@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import itertools
 import random
 import re
 import threading
@@ -338,7 +339,12 @@ class _Checker:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="cairn-check") as pool:
             while frontier:
                 nxt: list[bytes] = []
-                for tid, loaded in pool.map(self._load_tree, frontier):
+                # Trees the pack reads decoded need no thread: handing each of 20,000 to
+                # the pool and back took longer than using its findings (0.25 s).
+                known = self._trees
+                at_hand = [(tid, known[tid]) for tid in frontier if tid in known]
+                to_load = [tid for tid in frontier if tid not in known]
+                for tid, loaded in itertools.chain(at_hand, pool.map(self._load_tree, to_load)):
                     done += 1
                     self.report("trees", done, len(seen))
                     if isinstance(loaded, CairnError):
