@@ -202,17 +202,9 @@ def _canonical_keys(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-#: Integer fields and their exclusive upper bounds (Go uint32 / uint64).
-_INT_FIELDS = (
-    ("mode", _U32),
-    ("uid", _U32),
-    ("gid", _U32),
-    ("inode", _U64),
-    ("device_id", _U64),
-    ("size", _U64),
-    ("links", _U64),
-    ("device", _U64),
-)
+#: Integer fields, by their Go type (uint32, uint64): decode_node checks them in this order
+_U32_KEYS = ("mode", "uid", "gid")
+_U64_KEYS = ("inode", "device_id", "size", "links", "device")
 
 
 def _text(d: dict[str, Any], key: str) -> str:
@@ -349,7 +341,7 @@ def decode_node(
 
     Every tree a restore, a diff or ``check`` reads goes through here, node by node, so
     the common case is written out field by field (locals, no helper call per field, the
-    Node built from positional arguments): 5.1 -> 3.4 us a node. The helpers handle
+    Node built from positional arguments): 5.1 -> 3.7 us a node. The helpers handle
     what is rare (null, non-ASCII text, a value of the wrong type)."""
     if type(d) is not dict:
         raise FormatError("tree node is not a JSON object")
@@ -663,8 +655,6 @@ class _GenericScanner:
 #: the keys tree_references takes: restic's own spelling, and only fields a type check
 #: settles (extended and generic attributes and linktarget_raw go the general way)
 _PLAIN_KEYS = _FIELD_SET - {"extended_attributes", "generic_attributes", "linktarget_raw"}
-_U32_KEYS = ("mode", "uid", "gid")
-_U64_KEYS = ("inode", "device_id", "size", "links", "device")
 _TEXT_KEYS = ("type", "user", "group", "error", "linktarget")
 _TIME_KEYS = ("mtime", "atime", "ctime")
 _NODE_TYPE_SET = frozenset(NODE_TYPES)
