@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -502,7 +504,7 @@ def _followed(nodes: list[Node]) -> tuple[list[bytes], list[bytes]]:
     return subtrees, content
 
 
-def test_tree_references_of_a_plain_tree() -> None:
+def test_tree_references_of_a_plain_tree(tree_reader: str) -> None:
     nodes = [
         _node_json(name="f", content=[ID.hex(), ID2.hex()], size=9),
         _node_json(name="d", type="dir", subtree=ID2.hex(), content=None),
@@ -515,7 +517,9 @@ def test_tree_references_of_a_plain_tree() -> None:
 
 
 @pytest.mark.parametrize("bad", _MALFORMED_NODES)
-def test_tree_references_refuses_what_decoding_rejects(bad: dict[str, object]) -> None:
+def test_tree_references_refuses_what_decoding_rejects(
+    bad: dict[str, object], tree_reader: str
+) -> None:
     data = _restic_layout(_node_json(), bad)
     with pytest.raises(FormatError):
         decode_tree(data)
@@ -534,7 +538,9 @@ def test_tree_references_refuses_what_decoding_rejects(bad: dict[str, object]) -
         _node_json(name="a\\tb"),  # an escape for unquote_name
     ],
 )
-def test_tree_references_leaves_the_rest_to_the_full_decoder(odd: dict[str, object]) -> None:
+def test_tree_references_leaves_the_rest_to_the_full_decoder(
+    odd: dict[str, object], tree_reader: str
+) -> None:
     """Valid or not, a node outside the plain form goes the general way, where check
     reports what it must (a missing subtree, an unknown type) with the node's name."""
     assert tree_references(_restic_layout(_node_json(), odd)) is None
@@ -548,6 +554,8 @@ def test_tree_references_agree_with_decoding(nodes: list[Node]) -> None:
     decoded = decode_tree(data)
     if refs is not None:
         assert refs == _followed(decoded)
+    with _streamed():
+        assert tree_references(data) == refs
     plain = all(
         not n.extended_attributes
         and n.generic_attributes is None
@@ -581,6 +589,20 @@ _node_values = st.one_of(
 )
 def test_tree_references_never_take_what_decoding_rejects(nodes: list[dict[str, object]]) -> None:
     data = _restic_layout(*nodes)
-    refs = tree_references(data)
-    if refs is not None:
-        assert refs == _followed(decode_tree(data))  # decodes, and to the same references
+    for streamed in (False, True):
+        with _streamed() if streamed else contextlib.nullcontext():
+            refs = tree_references(data)
+            if refs is not None:  # decodes, and to the same references
+                assert refs == _followed(decode_tree(data))
+
+
+@contextlib.contextmanager
+def _streamed() -> Iterator[None]:
+    """Every tree parsed node by node, as big ones are (hypothesis tests cannot take the
+    tree_reader fixture)."""
+    saved = tree_module.STREAM_ABOVE
+    tree_module.STREAM_ABOVE = 0
+    try:
+        yield
+    finally:
+        tree_module.STREAM_ABOVE = saved

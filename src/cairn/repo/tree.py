@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from cairn.errors import FormatError
@@ -493,17 +493,18 @@ STREAM_ABOVE = 512 << 10
 _TREE_START = '{"nodes":['
 
 
-def _nodes_one_by_one(text: str) -> list[Node] | None:
-    """The nodes of a tree in restic's compact layout, each decoded as soon as it is
-    parsed, so only one node's JSON object lives at a time: parsing the whole document
-    first held every node's dict at once, 3x the tree's text (a directory of 18,000 files,
-    6.4 MB of JSON: peak 35 -> 14 MiB, 0.136 -> 0.118 s). None for any other layout, invalid JSON and
-    generic attributes: the general path decodes (or rejects) those."""
+class _NotResticLayout(Exception):
+    """A tree that :func:`_restic_layout_nodes` cannot take: the general path decides."""
+
+
+def _restic_layout_nodes(text: str) -> Iterator[Any]:
+    """The node objects of a tree in restic's compact layout, each parsed when it is
+    taken, so only one node's JSON object lives at a time; raises _NotResticLayout, once
+    the text shows it, for any other layout or invalid JSON."""
     if not text.startswith(_TREE_START):
-        return None
+        raise _NotResticLayout
     scan: Callable[[str, int], tuple[Any, int]]
     scan = _DECODER.scan_once  # type: ignore[attr-defined]  # raw_decode minus a frame
-    nodes: list[Node] = []
     i = len(_TREE_START)
     if text.startswith("]", i):
         i += 1
@@ -512,18 +513,32 @@ def _nodes_one_by_one(text: str) -> list[Node] | None:
             try:
                 d, i = scan(text, i)
             except (StopIteration, ValueError):
-                return None
-            if type(d) is not dict or _has_generic(d):
-                return None
-            nodes.append(decode_node(d, None, text))
+                raise _NotResticLayout from None
+            yield d
             sep = text[i : i + 1]
             i += 1
             if sep == "]":
                 break
             if sep != ",":
-                return None
+                raise _NotResticLayout
     # the object must close right after its only member (whitespace may follow)
     if not text.startswith("}", i) or text[i + 1 :].strip(" \t\n\r"):
+        raise _NotResticLayout
+
+
+def _nodes_one_by_one(text: str) -> list[Node] | None:
+    """The nodes of a tree in restic's compact layout, each decoded as soon as it is
+    parsed, so only one node's JSON object lives at a time: parsing the whole document
+    first held every node's dict at once, 3x the tree's text (a directory of 18,000 files,
+    6.4 MB of JSON: peak 35 -> 14 MiB, 0.136 -> 0.118 s). None for any other layout,
+    invalid JSON and generic attributes: the general path decodes (or rejects) those."""
+    nodes: list[Node] = []
+    try:
+        for d in _restic_layout_nodes(text):
+            if type(d) is not dict or _has_generic(d):
+                return None
+            nodes.append(decode_node(d, None, text))
+    except _NotResticLayout:
         return None
     return nodes
 
@@ -668,63 +683,30 @@ def tree_references(data: bytes | bytearray | memoryview) -> tuple[list[bytes], 
     says what is wrong or takes what this does not (another key spelling, attributes).
 
     Every tree of every snapshot passes here when a repository is checked: on one with
-    20 snapshots of 100k files, decoding nodes was half of check's reading time.
-    Trees above STREAM_ABOVE go the general way (it decodes them node by node)."""
-    if len(data) > STREAM_ABOVE:
-        return None
+    20 snapshots of 100k files, decoding nodes was half of check's reading time. Trees
+    above STREAM_ABOVE are parsed node by node, as :func:`decode_tree` does."""
     try:
-        doc = json.loads(bytes(data).decode("utf-8"))
-    except ValueError:  # UnicodeDecodeError too
-        return None
-    if type(doc) is not dict or len(doc) != 1:
-        return None
-    nodes = doc.get("nodes")
-    if type(nodes) is not list:
+        text = bytes(data).decode("utf-8")
+    except UnicodeDecodeError:
         return None
     subtrees: list[str] = []
     content: list[str] = []
-    plain = _PLAIN_KEYS
-    special = UNQUOTE_SPECIAL.search
     try:
-        for d in nodes:
-            if type(d) is not dict or not d.keys() <= plain:
+        if len(text) > STREAM_ABOVE:
+            for d in _restic_layout_nodes(text):
+                if not _plain_node(d, subtrees, content):
+                    return None
+        else:
+            doc = json.loads(text)
+            if type(doc) is not dict or len(doc) != 1:
                 return None
-            get = d.get
-            for v in map(get, _U32_KEYS):
-                if v is not None and (type(v) is not int or not 0 <= v < _U32):
-                    return None
-            for v in map(get, _U64_KEYS):
-                if v is not None and (type(v) is not int or not 0 <= v < _U64):
-                    return None
-            for v in map(get, _TEXT_KEYS):
-                if v is not None and type(v) is not str:
-                    return None
-            for v in map(get, _TIME_KEYS):
-                if v is not None:
-                    if type(v) is not str:
-                        return None
-                    parse_time(v)  # FormatError if Go would reject it
-            name = get("name")
-            if name is not None and (type(name) is not str or special(name)):
-                return None  # an escape unquote_name must judge
-            kind = get("type")
-            if kind not in _NODE_TYPE_SET:
+            nodes = doc.get("nodes")
+            if type(nodes) is not list:
                 return None
-            # what check follows: a file's content, a directory's subtree (a content
-            # list or subtree anywhere else is checked, not followed: the general way)
-            ids = get("content")
-            sub = get("subtree")
-            if kind == "file":
-                if type(ids) is not list or sub is not None:
+            for d in nodes:
+                if not _plain_node(d, subtrees, content):
                     return None
-                content += ids
-            elif kind == "dir":
-                if type(sub) is not str or len(sub) != 64 or ids is not None:
-                    return None
-                subtrees.append(sub)
-            elif ids is not None or sub is not None:
-                return None
-    except FormatError:
+    except (ValueError, _NotResticLayout, FormatError):  # FormatError: a time Go rejects
         return None
     # every ID 64 characters of hex: one fromhex for them all (it would skip spaces,
     # which the lengths rule out)
@@ -741,3 +723,46 @@ def tree_references(data: bytes | bytearray | memoryview) -> tuple[list[bytes], 
         [raw_subtrees[i : i + 32] for i in range(0, len(raw_subtrees), 32)],
         [raw_content[i : i + 32] for i in range(0, len(raw_content), 32)],
     )
+
+
+def _plain_node(d: object, subtrees: list[str], content: list[str]) -> bool:
+    """Whether node object ``d`` is in the plain form and decodes as :func:`decode_node`
+    would decode it (FormatError from a time it would reject); appends what check follows
+    from it: a directory's subtree, a file's content (their hex, checked by the caller).
+    A content list or subtree on any other type is checked, not followed: not plain."""
+    if type(d) is not dict or not d.keys() <= _PLAIN_KEYS:
+        return False
+    get = d.get
+    for v in map(get, _U32_KEYS):
+        if v is not None and (type(v) is not int or not 0 <= v < _U32):
+            return False
+    for v in map(get, _U64_KEYS):
+        if v is not None and (type(v) is not int or not 0 <= v < _U64):
+            return False
+    for v in map(get, _TEXT_KEYS):
+        if v is not None and type(v) is not str:
+            return False
+    for v in map(get, _TIME_KEYS):
+        if v is not None:
+            if type(v) is not str:
+                return False
+            parse_time(v)
+    name = get("name")
+    if name is not None and (type(name) is not str or UNQUOTE_SPECIAL.search(name)):
+        return False  # an escape unquote_name must judge
+    kind = get("type")
+    if kind not in _NODE_TYPE_SET:
+        return False
+    ids = get("content")
+    sub = get("subtree")
+    if kind == "file":
+        if type(ids) is not list or sub is not None:
+            return False
+        content += ids
+    elif kind == "dir":
+        if type(sub) is not str or len(sub) != 64 or ids is not None:
+            return False
+        subtrees.append(sub)
+    elif ids is not None or sub is not None:
+        return False
+    return True
