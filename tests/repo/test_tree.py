@@ -267,6 +267,7 @@ _MALFORMED_NODES = [
     _node_json(mtime="yesterday"),
     _node_json(mtime=5),
     _node_json(user=5),
+    _node_json(type=["file"]),
     _node_json(extended_attributes=[{"name": "a", "value": "!!"}]),
     _node_json(extended_attributes={}),
     _node_json(linktarget_raw=5),
