@@ -25,8 +25,10 @@ from cairn.repo.index import (
     _decode_json,
     decode_index,
     encode_index,
+    encode_index_parts,
     iter_index,
 )
+from cairn.repo.keys import KdfParams
 from cairn.repo.repository import Repository
 from tests.conftest import FIXTURE_PASSWORD
 
@@ -303,3 +305,24 @@ def test_packs_of_an_index_file_are_built_one_at_a_time() -> None:
     assert first == (pack_a, [(0, bid(32), 0, 40, 0)])
     assert inspect.getgeneratorstate(taken) == inspect.GEN_SUSPENDED  # type: ignore[arg-type]
     assert next(taken) == (pack_b, [(1, bid(33), 0, 50, 0)])
+
+
+def test_an_index_file_written_a_pack_at_a_time_reads_back(tmp_path: Path) -> None:
+    """FileStore.save_parts compresses encode_index_parts as they come: the file loads to
+    exactly the text encode_index gives (restic reads such files: the interop tests)."""
+    path = tmp_path / "repo"
+    Repository.init(LocalBackend(path), "pw", kdf=KdfParams(1024, 8, 1)).close()
+    packs = [
+        (
+            bid(40 + i),
+            [
+                PackedBlob(BlobType.DATA, bid(50 + j), bid(40 + i), 40 * j, 40, 0)
+                for j in range(300)
+            ],
+        )
+        for i in range(5)
+    ]
+    with Repository.open(LocalBackend(path), "pw") as repo:
+        name = repo.files.save_parts(FileType.INDEX, encode_index_parts(packs, ["ab" * 32]))
+        assert repo.files.load(FileType.INDEX, name) == encode_index(packs, ["ab" * 32])
+        assert b"".join(encode_index_parts([])) == encode_index([]) == b'{"packs":[]}\n'

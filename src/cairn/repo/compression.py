@@ -11,6 +11,7 @@ omit the content size, so decoding is always bounded by the size the index recor
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 
 import zstandard
 
@@ -42,6 +43,18 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 def compress(data: bytes | bytearray | memoryview, level: int = 3) -> bytes:
     """One zstd frame of ``data`` (no checksum)."""
     out: bytes = _compressor(level).compress(data)
+    return out
+
+
+def compress_parts(parts: Iterable[bytes], level: int = 3, prefix: bytes = b"") -> bytearray:
+    """``prefix`` followed by one zstd frame of the parts joined, compressed as they come
+    (no checksum, no content size in the frame header, which restic's decoder does not
+    need): the plaintext is never whole in memory."""
+    out = bytearray(prefix)
+    cobj = _compressor(level).compressobj()
+    for part in parts:
+        out += cobj.compress(part)
+    out += cobj.flush()
     return out
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterable
 
 from cairn.backend.base import Backend, FileType, Handle
 from cairn.errors import FormatError, IntegrityError
-from cairn.repo.compression import compress, decompress
+from cairn.repo.compression import compress, compress_parts, decompress
 from cairn.repo.crypto import Key
 
 _ZSTD_MARKER = 0x02
@@ -49,7 +50,18 @@ class FileStore:
 
     def save(self, t: FileType, plaintext: bytes) -> str:
         """Frame, seal and store; returns the file name (SHA-256 of the stored bytes)."""
-        sealed = self.key.seal(self.frame(plaintext))
+        return self._store(t, self.key.seal(self.frame(plaintext)))
+
+    def save_parts(self, t: FileType, parts: Iterable[bytes]) -> str:
+        """:meth:`save` of the parts joined, compressed as they come in v2: an index file
+        of 50,000 blobs is 10 MB of JSON, which whole (list, joined text, bytes) took
+        30 MB of a backup's heap, and the heap kept it."""
+        if self.version >= 2:
+            framed = compress_parts(parts, self.level, prefix=bytes((_ZSTD_MARKER,)))
+            return self._store(t, self.key.seal(framed))
+        return self.save(t, b"".join(parts))
+
+    def _store(self, t: FileType, sealed: bytes | bytearray) -> str:
         name = hashlib.sha256(sealed).hexdigest()
         self.backend.save(Handle(t, name), sealed)
         return name

@@ -377,31 +377,34 @@ def encode_index(
 ) -> bytes:
     """restic's index JSON: compact, fields in restic's order, ``uncompressed_length`` only
     for compressed blobs, and Go's json.Encoder newline at the end."""
-    parts: list[str] = ["{"]
+    return b"".join(encode_index_parts(packs, supersedes))
+
+
+def encode_index_parts(
+    packs: Iterable[tuple[bytes, Sequence[PackedBlob]]], supersedes: Sequence[str] = ()
+) -> Iterator[bytes]:
+    """:func:`encode_index` a pack at a time, for a writer that compresses the parts as
+    they come (FileStore.save_parts): ``packs`` may build each pack's blobs when taken."""
+    head = "{"
     if supersedes:
-        parts.append('"supersedes":[' + ",".join(f'"{s}"' for s in supersedes) + "],")
-    parts.append('"packs":[')
+        head += '"supersedes":[' + ",".join(f'"{s}"' for s in supersedes) + "],"
+    head += '"packs":['
     first_pack = True
     for pack_id, blobs in packs:
-        if not first_pack:
-            parts.append(",")
-        first_pack = False
-        parts.append(f'{{"id":"{pack_id.hex()}","blobs":[')
-        parts.append(
-            ",".join(
-                f'{{"id":"{b.id.hex()}","type":"{b.type.label}","offset":{b.offset},'
-                f'"length":{b.length}'
-                + (
-                    f',"uncompressed_length":{b.uncompressed_length}}}'
-                    if b.uncompressed_length
-                    else "}"
-                )
-                for b in blobs
+        body = ",".join(
+            f'{{"id":"{b.id.hex()}","type":"{b.type.label}","offset":{b.offset},'
+            f'"length":{b.length}'
+            + (
+                f',"uncompressed_length":{b.uncompressed_length}}}'
+                if b.uncompressed_length
+                else "}"
             )
+            for b in blobs
         )
-        parts.append("]}")
-    parts.append("]}\n")
-    return "".join(parts).encode("ascii")
+        sep = head if first_pack else ","
+        first_pack = False
+        yield f'{sep}{{"id":"{pack_id.hex()}","blobs":[{body}]}}'.encode("ascii")
+    yield (head if first_pack else "").encode("ascii") + b"]}\n"
 
 
 _TYPES = {"data": 0, "tree": 1}

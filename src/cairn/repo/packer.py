@@ -16,7 +16,7 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
 from cairn.backend.base import Backend, FileType, Handle
@@ -25,7 +25,7 @@ from cairn.repo.compression import LEVELS, compress
 from cairn.repo.crypto import OVERHEAD, Key
 from cairn.repo.files import FileStore
 from cairn.repo.ids import BlobType, blob_id
-from cairn.repo.index import INDEX_FILE_BLOBS, MasterIndex, PackedBlob, encode_index
+from cairn.repo.index import INDEX_FILE_BLOBS, MasterIndex, PackedBlob, encode_index_parts
 from cairn.repo.pack import COMPRESSED_ENTRY, MAX_HEADER, header_entry, seal_header
 
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
@@ -323,7 +323,7 @@ class BlobSaver:
                 self.gate()
             batch, self._unsaved, self._unsaved_count = self._unsaved, [], 0
             try:
-                name = self.files.save(FileType.INDEX, encode_index(_as_blobs(batch)))
+                name = self.files.save_parts(FileType.INDEX, encode_index_parts(_as_blobs(batch)))
             except BaseException:
                 # Keep them for the next attempt: the packs exist but no index names them yet.
                 self._unsaved = batch + self._unsaved
@@ -340,17 +340,18 @@ class BlobSaver:
             raise CairnError(f"uploading a pack failed: {err}") from err
 
 
-def _as_blobs(batch: Sequence[tuple[bytes, list[Entry]]]) -> list[tuple[bytes, list[PackedBlob]]]:
-    return [
-        (
+def _as_blobs(
+    batch: Sequence[tuple[bytes, list[Entry]]],
+) -> Iterator[tuple[bytes, list[PackedBlob]]]:
+    """The blobs of each pack, built when the index file's writer takes the pack."""
+    for pid, entries in batch:
+        yield (
             pid,
             [
                 PackedBlob(BlobType(t), bid, pid, off, length, ulen)
                 for t, bid, off, length, ulen in entries
             ],
         )
-        for pid, entries in batch
-    ]
 
 
 def _file_sha256(fd: int, size: int) -> bytes:

@@ -39,7 +39,7 @@ from cairn.repo.index import (
     INDEX_FILE_BLOBS,
     MasterIndex,
     PackedBlob,
-    encode_index,
+    encode_index_parts,
     iter_index,
 )
 from cairn.repo.keys import KdfParams, default_kdf, open_master_key
@@ -463,7 +463,7 @@ class Repository:
         # The index file first: the packs exist (saves are atomic), so it may name them.
         if write:
             self._gate()
-            name = self.files.save(FileType.INDEX, encode_index(batch))
+            name = self.files.save_parts(FileType.INDEX, encode_index_parts(batch))
             found.index_files.append(name)
             self._index_file_written(name)
         else:

@@ -202,8 +202,6 @@ def _canonical_keys(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-
-
 def _text(d: dict[str, Any], key: str) -> str:
     v = d.get(key)
     if v is None:
