@@ -478,25 +478,16 @@ _BLOB_LIST = re.compile(b"(?:%s,)*%s" % (_blob_pattern(b"(?:"), _blob_pattern(b"
 _TYPE_BYTES = {b"data": 0, b"tree": 1}
 
 
-def _decode_compact(data: bytes) -> tuple[list[PackEntries], list[str]] | None:
-    """An index file in restic's own layout, read without building a JSON object per
-    blob: a 50,000-blob file held ~6x its text in dicts and strings while json decoded
-    it, which was the peak memory of a no-change backup. None for any other layout (the
-    caller's json decoder then reads it), so this only decides how fast, never what."""
-    spans = _compact_spans(data)
-    if spans is None:
-        return None
-    listed, supersedes = spans
-    return [(pid, _compact_entries(data, start, end)) for pid, start, end in listed], supersedes
-
-
 #: a pack in an index file in restic's layout: its ID and where its blob list lies
 _PackSpan = tuple[bytes, int, int]
 
 
 def _compact_spans(data: bytes) -> tuple[list[_PackSpan], list[str]] | None:
     """Checks the whole file against restic's layout (None if it is not in it) and
-    returns each pack's ID with the span of its blob list, and the superseded files."""
+    returns each pack's ID with the span of its blob list, and the superseded files: the
+    entries are then read without a JSON object per blob (a 50,000-blob file held ~6x
+    its text in dicts and strings while json decoded it). None only sends the file to
+    the json decoder, so this decides how fast, never what."""
     head = _HEAD.match(data)
     if head is None:
         return None

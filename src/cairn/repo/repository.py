@@ -287,10 +287,10 @@ class Repository:
         failed: set[str] = set()
 
         # Fetching (I/O, decryption, zstd) runs in parallel; decoding is pure Python under
-        # the GIL, so it gains nothing from running twice at once, while each file being
-        # decoded holds ~6x its text in JSON objects (measured on two 50,000-blob index
-        # files: 43 MiB at once). One decode at a time, and at most two decompressed texts
-        # waiting for it, keep the peak to one file's worth.
+        # the GIL, so it gains nothing from running twice at once, and a file in another
+        # layout than restic's holds ~6x its text in JSON objects while decoded (two
+        # 50,000-blob files: 43 MiB at once). One decode at a time, and at most two
+        # decompressed texts waiting for it, keep the peak to one file's worth.
         decoding = threading.Lock()
         in_hand = threading.BoundedSemaphore(2)
 
