@@ -1,15 +1,17 @@
 """zstd for blobs and JSON files, restic-compatible (spec §6.1).
 
 Built on ``zstandard`` (python-zstandard), whose contexts are reusable and which releases
-the GIL for all of its work, input and output alike. One compressor and one decompressor
-per thread and level: a fresh context per call costs up to 4x on incompressible data and
-dominated the restore of small blobs (9-13 µs per blob against 0.4-4 µs reused). Frames
+the GIL for all of its work, input and output alike. Contexts are reused: compressors from
+a pool shared by the threads, one decompressor per thread (they are small). A fresh context
+per call costs up to 4x on incompressible data and dominated the restore of small blobs
+(9-13 µs per blob against 0.4-4 µs reused). Frames
 are written without checksum, as restic writes them; frames from restic's encoder may
 omit the content size, so decoding is always bounded by the size the index records.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterable
 
@@ -22,15 +24,38 @@ LEVELS = {"fastest": 1, "auto": 3, "better": 7, "max": 11}
 
 _local = threading.local()
 
+#: Compressors not in use, by level, shared by every thread. A level-3 context holds
+#: ~3.5 MiB; one per thread (a backup compresses in eight: blob workers, readers, tree
+#: savers, the uploader writing index files) held more than the two or three ever busy
+#: at once.
+_idle: dict[int, list[zstandard.ZstdCompressor]] = {}
+_idle_lock = threading.Lock()
 
-def _compressor(level: int) -> zstandard.ZstdCompressor:
-    comps: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "comps", None)
-    if comps is None:
-        comps = _local.comps = {}
-    comp = comps.get(level)
-    if comp is None:
-        comp = comps[level] = zstandard.ZstdCompressor(level=level, write_checksum=False)
-    return comp
+
+def _forget_idle_after_fork() -> None:
+    # The lock may have been held by a thread that does not exist in the child.
+    global _idle_lock
+    _idle_lock = threading.Lock()
+    _idle.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_idle_after_fork)
+
+
+def _take_compressor(level: int) -> zstandard.ZstdCompressor:
+    """An idle compressor of ``level`` (the one used last: its memory is warm), or a new
+    one; give it back with :func:`_give_back`."""
+    with _idle_lock:
+        idle = _idle.get(level)
+        if idle:
+            return idle.pop()
+    return zstandard.ZstdCompressor(level=level, write_checksum=False)
+
+
+def _give_back(level: int, comp: zstandard.ZstdCompressor) -> None:
+    with _idle_lock:
+        _idle.setdefault(level, []).append(comp)
 
 
 def _decompressor() -> zstandard.ZstdDecompressor:
@@ -42,8 +67,36 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 
 def compress(data: bytes | bytearray | memoryview, level: int = 3) -> bytes:
     """One zstd frame of ``data`` (no checksum)."""
-    out: bytes = _compressor(level).compress(data)
+    comp = _take_compressor(level)
+    try:
+        out: bytes = comp.compress(data)
+    finally:
+        _give_back(level, comp)
     return out
+
+
+def compress_bound(n: int) -> int:
+    """zstd's worst case for ``n`` bytes of input (ZSTD_COMPRESSBOUND), frame included."""
+    return n + (n >> 8) + ((((128 << 10) - n) >> 11) if n < (128 << 10) else 0)
+
+
+def compress_into(data: bytes | bytearray | memoryview, out: memoryview, level: int = 3) -> int:
+    """One zstd frame of ``data`` (no checksum) written to ``out``, which must hold
+    :func:`compress_bound` bytes; returns its length. Measured on 2 MiB pieces of
+    /usr/lib: 12% faster than :func:`compress` (no output buffer to allocate and fault
+    in), frames 0.04% larger (zstd's streaming path cuts blocks a little differently)."""
+    n = len(data)
+    if len(out) < compress_bound(n):
+        raise ValueError("compress_into needs compress_bound(len(data)) bytes of room")
+    done = 0
+    comp = _take_compressor(level)
+    try:
+        with comp.stream_reader(data, size=n, read_size=max(n, 1)) as reader:
+            while got := reader.readinto(out[done:]):
+                done += got
+    finally:
+        _give_back(level, comp)
+    return done
 
 
 def compress_parts(parts: Iterable[bytes], level: int = 3, prefix: bytes = b"") -> bytearray:
@@ -51,10 +104,14 @@ def compress_parts(parts: Iterable[bytes], level: int = 3, prefix: bytes = b"") 
     (no checksum, no content size in the frame header, which restic's decoder does not
     need): the plaintext is never whole in memory."""
     out = bytearray(prefix)
-    cobj = _compressor(level).compressobj()
-    for part in parts:
-        out += cobj.compress(part)
-    out += cobj.flush()
+    comp = _take_compressor(level)
+    try:
+        cobj = comp.compressobj()
+        for part in parts:
+            out += cobj.compress(part)
+        out += cobj.flush()
+    finally:
+        _give_back(level, comp)
     return out
 
 

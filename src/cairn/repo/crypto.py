@@ -80,20 +80,34 @@ class Key:
 
     def seal(self, plaintext: bytes | bytearray | memoryview) -> bytearray:
         """Encrypt and authenticate; returns IV || ciphertext || MAC."""
+        out = bytearray(IV_SIZE + len(plaintext) + MAC_SIZE)
+        self._seal_to(plaintext, memoryview(out))
+        return out
+
+    def seal_in_place(self, buf: memoryview, n: int) -> memoryview:
+        """Seal the ``n`` bytes of plaintext at ``buf[16:16 + n]`` where they lie: the IV
+        goes before them, the MAC after, and the view of the sealed message comes back.
+        ``buf`` (writable) needs ``n + 32`` bytes. For a thread that seals blob after blob
+        into one reused buffer (CTR is a stream cipher; OpenSSL encrypts in place)."""
+        if len(buf) < n + OVERHEAD:
+            raise ValueError("seal_in_place needs 32 bytes of room beyond the plaintext")
+        self._seal_to(buf[IV_SIZE : IV_SIZE + n], buf)
+        return buf[: n + OVERHEAD]
+
+    def _seal_to(self, plaintext: bytes | bytearray | memoryview, out: memoryview) -> None:
+        """IV || ciphertext || MAC of ``plaintext`` into ``out[:len + 32]``; the plaintext may
+        be ``out[16:16 + len]`` itself."""
         iv = os.urandom(IV_SIZE)
         while not any(iv):  # an all-zero IV is invalid in restic
             iv = os.urandom(IV_SIZE)
         n = len(plaintext)
-        out = bytearray(IV_SIZE + n + MAC_SIZE)
         out[:IV_SIZE] = iv
-        view = memoryview(out)
         if n:
             # update_into needs 15 bytes of headroom past the plaintext; the MAC's 16 bytes
-            # at the end of ``out`` provide it, so the ciphertext lands in place, no copy.
+            # provide it, so the ciphertext lands in place, no copy.
             enc = Cipher(self._aes, modes.CTR(iv)).encryptor()
-            enc.update_into(plaintext, view[IV_SIZE:])
-        out[IV_SIZE + n :] = self._mac(iv, view[IV_SIZE : IV_SIZE + n])
-        return out
+            enc.update_into(plaintext, out[IV_SIZE : IV_SIZE + n + MAC_SIZE])
+        out[IV_SIZE + n : IV_SIZE + n + MAC_SIZE] = self._mac(iv, out[IV_SIZE : IV_SIZE + n])
 
     def open(self, sealed: bytes | bytearray | memoryview) -> bytes:
         """Verify the MAC, then decrypt. Raises IntegrityError on any mismatch."""

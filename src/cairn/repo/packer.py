@@ -19,10 +19,12 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
 
+from cairn import heap
 from cairn.backend.base import Backend, FileType, Handle
+from cairn.chunker import MAX_SIZE as MAX_CHUNK
 from cairn.errors import CairnError
-from cairn.repo.compression import LEVELS, compress
-from cairn.repo.crypto import OVERHEAD, Key
+from cairn.repo.compression import LEVELS, compress, compress_bound, compress_into
+from cairn.repo.crypto import IV_SIZE, OVERHEAD, Key
 from cairn.repo.files import FileStore
 from cairn.repo.ids import BlobType, blob_id
 from cairn.repo.index import INDEX_FILE_BLOBS, MasterIndex, PackedBlob, encode_index_parts
@@ -79,26 +81,75 @@ class BlobSealer:
         self.version = version
         self.compression = compression
 
-    def encode(
-        self, t: BlobType, data: bytes | bytearray | memoryview
-    ) -> tuple[bytes | bytearray | memoryview, int]:
-        """What to seal, and the uncompressed length (0 = stored uncompressed).
-
-        v1 never compresses; "off" leaves data blobs alone (trees are still compressed, as
-        restic does); an empty blob is never marked compressed (length 0 is ambiguous)."""
-        n = len(data)
-        if self.version < 2 or n == 0 or (t is BlobType.DATA and self.compression == "off"):
-            return data, 0
-        level = LEVELS.get(self.compression, LEVELS["auto"])
-        return compress(data, level), n
+    def compresses(self, t: BlobType, n: int) -> bool:
+        """Whether a blob of this type and length is stored compressed: v1 never
+        compresses; "off" leaves data blobs alone (trees are still compressed, as restic
+        does); an empty blob is never marked compressed (length 0 is ambiguous)."""
+        return not (
+            self.version < 2 or n == 0 or (t is BlobType.DATA and self.compression == "off")
+        )
 
     def seal(self, t: BlobType, data: bytes | bytearray | memoryview) -> tuple[bytearray, int]:
         """The blob as it goes into a pack, and its uncompressed length (0: not compressed)."""
-        payload, ulen = self.encode(t, data)
-        sealed = self.key.seal(payload)
-        if len(sealed) > _MAX_BLOB:
-            raise CairnError(f"blob of {len(data)} bytes is too large for a pack")
+        n = len(data)
+        if self.compresses(t, n):
+            level = LEVELS.get(self.compression, LEVELS["auto"])
+            sealed, ulen = self.key.seal(compress(data, level)), n
+        else:
+            sealed, ulen = self.key.seal(data), 0
+        _check_size(sealed)
         return sealed, ulen
+
+    def seal_into(
+        self, t: BlobType, data: bytes | bytearray | memoryview, out: memoryview
+    ) -> tuple[int, int] | None:
+        """Seal the blob into ``out`` (writable): its sealed length and uncompressed length
+        (0: not compressed), or None when ``out`` might be too small (nothing written)."""
+        n = len(data)
+        if self.compresses(t, n):
+            if len(out) < compress_bound(n) + OVERHEAD:
+                return None
+            level = LEVELS.get(self.compression, LEVELS["auto"])
+            size, ulen = compress_into(data, out[IV_SIZE:], level), n
+        else:
+            if len(out) < n + OVERHEAD:
+                return None
+            out[IV_SIZE : IV_SIZE + n] = data
+            size, ulen = n, 0
+        sealed = self.key.seal_in_place(out, size)
+        _check_size(sealed)
+        return len(sealed), ulen
+
+    def seal_reusing(
+        self, t: BlobType, data: bytes | bytearray | memoryview
+    ) -> tuple[bytearray | memoryview, int]:
+        """:meth:`seal`, into this thread's reused buffer when the blob fits (a chunk always
+        does). **The view is valid only until the thread's next call**: for a caller that
+        writes the blob out at once. It spares two buffers per blob (compressed, sealed),
+        which the heap would serve (and fragment) or the kernel map and fault in afresh."""
+        view = _thread_buffer()
+        done = self.seal_into(t, data, view)
+        if done is None:
+            return self.seal(t, data)
+        return view[: done[0]], done[1]
+
+
+def _check_size(sealed: bytearray | memoryview) -> None:
+    if len(sealed) > _MAX_BLOB:
+        raise CairnError(f"blob of {len(sealed) - OVERHEAD} bytes is too large for a pack")
+
+
+#: A sealing thread's reused buffer: room for the largest chunk (8 MiB) compressed at worst
+#: and sealed. Anonymous memory: its pages are faulted in only as far as blobs reach.
+_THREAD_BUFFER = compress_bound(MAX_CHUNK) + OVERHEAD
+_local = threading.local()
+
+
+def _thread_buffer() -> memoryview:
+    view: memoryview | None = getattr(_local, "buffer", None)
+    if view is None:
+        view = _local.buffer = memoryview(heap.private_buffer(_THREAD_BUFFER))
+    return view
 
 
 class BlobSaver:
@@ -157,7 +208,7 @@ class BlobSaver:
             return bid, False, 0
         key = (int(t), bid)
         try:
-            sealed, ulen = self.sealer().seal(t, data)
+            sealed, ulen = self.sealer().seal_reusing(t, data)
         except BaseException:
             with self._lock:
                 self._pending.discard(key)
