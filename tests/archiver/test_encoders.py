@@ -136,6 +136,22 @@ def test_second_backup_through_encoders_reads_only_changes(tmp_path: Path) -> No
 
 
 @needs_fork
+def test_encoders_chunking_at_once_each_keep_their_own_buffers(tmp_path: Path) -> None:
+    """Many files of one to two chunks, which every encoder cuts in its own reused buffer
+    and seals into its own slot at the same time: each blob holds its own file's bytes
+    (a buffer the encoders shared would mix them, and restic's check would see it)."""
+    rng = random.Random(11)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(48):
+        size = rng.randrange(encoders.MAX_FILE // 2 + 1, encoders.MAX_FILE)
+        (src / f"m{i:02d}.bin").write_bytes(rng.randbytes(size))
+    result = run_backup(tmp_path / "repo", src, 2)
+    assert not result.incomplete and result.stats.files_new == 48
+    assert_restic_restores(tmp_path / "repo", src, tmp_path / "out")
+
+
+@needs_fork
 def test_sealed_blobs_that_overflow_the_shared_slot_travel_in_the_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

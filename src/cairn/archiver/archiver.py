@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import mmap
 import os
 import stat
 import threading
@@ -23,6 +24,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from cairn import heap
+from cairn.archiver.chunkring import ChunkRing
 from cairn.archiver.dirsig import DirRecord, DirRecords, directory_signature, entry_signature
 from cairn.archiver.encoders import BATCH_BYTES, BATCH_FILES, MAX_FILE, EncodedFile, Encoders
 from cairn.archiver.fileio import open_regular, read_small
@@ -37,7 +40,7 @@ from cairn.archiver.fsmeta import (
 from cairn.archiver.scanner import Scanner
 from cairn.archiver.select import Selector
 from cairn.archiver.targets import Target, VirtualDir
-from cairn.chunker import Chunker
+from cairn.chunker import DEFAULT_BUFFER_SIZE, Chunker
 from cairn.errors import CairnError, Interrupted
 from cairn.forking import cores, fork_available
 from cairn.repo.ids import BlobType, blob_id
@@ -82,27 +85,6 @@ class Progress:
         if s is None or not s.done.is_set() or s.cancelled.is_set():
             return None
         return s.files, s.bytes
-
-
-class _ByteBudget:
-    """A counting semaphore over bytes: bounds chunk data queued for the blob workers."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self.cond = threading.Condition()
-
-    def acquire(self, n: int) -> None:
-        with self.cond:
-            # A single chunk larger than the limit may still pass when nothing else is queued.
-            while self.used and self.used + n > self.limit:
-                self.cond.wait()
-            self.used += n
-
-    def release(self, n: int) -> None:
-        with self.cond:
-            self.used -= n
-            self.cond.notify_all()
 
 
 class _DirJob:
@@ -193,9 +175,11 @@ class Archiver:
         self._readers = ThreadPoolExecutor(max(1, read_concurrency), "cairn-read")
         self._blobs = ThreadPoolExecutor(blob_workers or (os.cpu_count() or 2), "cairn-blob")
         # Enough queued chunk data to keep every blob worker busy, but bounded: readers
-        # chunk far faster than zstd compresses, so the queue stays full and its limit is
+        # chunk far faster than zstd compresses, so the ring stays full and its size is
         # resident memory. 12 MiB holds a maximum (8 MiB) chunk plus a few average ones.
-        self._budget = _ByteBudget(12 << 20)
+        self._ring = ChunkRing(self.chunker.max_size + (4 << 20))
+        #: Per reader thread: its chunker buffer (see _chunk_buffer).
+        self._thread_state = threading.local()
         self._files_in_flight = threading.BoundedSemaphore(4 * max(1, read_concurrency) + 16)
         self._fatal: BaseException | None = None
         self._done = threading.Event()
@@ -234,6 +218,9 @@ class Archiver:
     def run(self, layout: VirtualDir) -> bytes:
         """Back up ``layout``; returns the root tree ID (everything is queued for upload;
         the caller flushes the repository before writing the snapshot)."""
+        # Its big buffers are kept (chunk ring, chunker and sealing buffers); what else is
+        # big is mapped and given back when freed, not left as holes in the heap.
+        heap.set_mmap_threshold(heap.MMAP_THRESHOLD_KEPT)
         try:
             root = _DirJob(None, None, self.parent_tree)
             stack: list[tuple[_DirJob, VirtualDir | Target, bytes | None]] = []
@@ -251,6 +238,7 @@ class Archiver:
                 self._encoders.shutdown(cancel=True)
             self._readers.shutdown(wait=True, cancel_futures=True)
             self._blobs.shutdown(wait=True, cancel_futures=True)
+            heap.set_mmap_threshold(heap.MMAP_THRESHOLD_REUSED)
         assert self._root_tree is not None
         return self._root_tree
 
@@ -674,14 +662,17 @@ class Archiver:
                     return self._stored(job, node, spath, size, _changed(before, os.fstat(fd)))
                 os.lseek(fd, 0, os.SEEK_SET)  # it grew past one chunk: the general path
             with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
-                for chunk in self.chunker.chunks(f):
+                for chunk in self.chunker.chunks(f, buffer=self._chunk_buffer()):
                     if self._fatal is not None or self.interrupted.is_set():
                         return False
-                    data = bytes(chunk)
-                    size += len(data)
-                    self.progress.bytes_done += len(data)
-                    self._budget.acquire(len(data))
-                    futures.append(self._blobs.submit(self._save_chunk, data))
+                    size += len(chunk)
+                    self.progress.bytes_done += len(chunk)
+                    data, region = self._ring.copy(chunk)
+                    try:
+                        futures.append(self._blobs.submit(self._save_chunk, data, region))
+                    except BaseException:
+                        self._ring.give_back(region)
+                        raise
             after = os.fstat(fd)
         except OSError as e:
             self._warn(f"{spath}: read error: {e.strerror or e}")
@@ -718,14 +709,22 @@ class Archiver:
                 self._hardlinks[(node.device_id, node.inode)] = (node.content or [], size)
         return True
 
-    def _save_chunk(self, data: bytes) -> bytes:
-        """A blob worker's job: store one chunk, then free its share of the byte budget."""
+    def _save_chunk(self, data: memoryview, region: list[int]) -> bytes:
+        """A blob worker's job: store one chunk, then give its place in the ring back."""
         try:
             return self._store_blob(data)
         finally:
-            self._budget.release(len(data))
+            self._ring.give_back(region)
 
-    def _store_blob(self, data: bytes, t: BlobType = BlobType.DATA) -> bytes:
+    def _chunk_buffer(self) -> mmap.mmap:
+        """This reader thread's chunker buffer, kept from file to file (a new one per file
+        was ~10 MiB from the heap each time). Anonymous memory, outside the heap."""
+        buffer: mmap.mmap | None = getattr(self._thread_state, "chunk_buffer", None)
+        if buffer is None:
+            buffer = self._thread_state.chunk_buffer = heap.private_buffer(DEFAULT_BUFFER_SIZE)
+        return buffer
+
+    def _store_blob(self, data: bytes | memoryview, t: BlobType = BlobType.DATA) -> bytes:
         """Hash, and store unless known (a dry run only counts): the blob's ID."""
         bid = blob_id(data)
         if self.dry_run:

@@ -22,9 +22,10 @@ import queue
 import stat
 from concurrent.futures import Future
 
+from cairn import heap
 from cairn.archiver.fileio import open_regular, read_small
 from cairn.archiver.fsmeta import read_xattrs
-from cairn.chunker import Chunker
+from cairn.chunker import DEFAULT_BUFFER_SIZE, Chunker
 from cairn.forking import PipePool
 from cairn.repo.ids import BlobType, blob_id
 from cairn.repo.index import MasterIndex
@@ -73,6 +74,10 @@ class _Encoder:
         self.index = index
         self.chunker = chunker
         self.arena = arena
+        self.view = memoryview(arena)
+        #: The chunker's buffer, one for every file: faulted in only as far as files reach
+        #: (an encoder's are under MAX_FILE).
+        self.chunk_buffer = heap.private_buffer(DEFAULT_BUFFER_SIZE)
         self.recent: set[bytes] = set()
         self._start = 0  # the current slot's first byte in the arena
         self._pos = 0  # its next free byte
@@ -120,10 +125,11 @@ class _Encoder:
             else:
                 os.lseek(fd, 0, os.SEEK_SET)
                 with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
-                    for chunk in self.chunker.chunks(f):
-                        data = bytes(chunk)
-                        size += len(data)
-                        blobs.append(self._blob(data))
+                    # Sealed from the chunker's buffer, which _blob is done with before the
+                    # next chunk is cut: no copy.
+                    for chunk in self.chunker.chunks(f, buffer=self.chunk_buffer):
+                        size += len(chunk)
+                        blobs.append(self._blob(chunk))
             after = os.fstat(fd)
         except OSError as e:
             return f"{spath}: read error: {e.strerror or e}", 0, False, [], None
@@ -132,18 +138,20 @@ class _Encoder:
         changed = size != expected_size or after.st_mtime_ns != before.st_mtime_ns
         return None, size, changed, blobs, xattrs
 
-    def _blob(self, data: bytes) -> EncodedBlob:
+    def _blob(self, data: bytes | memoryview) -> EncodedBlob:
         bid = blob_id(data)
         if bid in self.recent or self.index.has(BlobType.DATA, bid):
             return bid, None, 0, len(data)
-        sealed, ulen = self.sealer.seal(BlobType.DATA, data)
         if len(self.recent) >= _RECENT_LIMIT:
             self.recent.clear()
         self.recent.add(bid)
-        n = len(sealed)
-        if self._pos + n > self._end:
+        # Sealed straight into the slot when it has room for the worst case; else the
+        # blob travels in the result.
+        done = self.sealer.seal_into(BlobType.DATA, data, self.view[self._pos : self._end])
+        if done is None:
+            sealed, ulen = self.sealer.seal(BlobType.DATA, data)
             return bid, sealed, ulen, len(data)
-        self.arena[self._pos : self._pos + n] = sealed
+        n, ulen = done
         self._pos += n
         return bid, (self._pos - n - self._start, n), ulen, len(data)
 
@@ -166,8 +174,18 @@ _ENCODER: _Encoder | None = None
 
 
 def _encode_files(task: tuple[list[FileTask], int]) -> list[EncodedFile]:
+    global _TUNED
     assert _ENCODER is not None, "only called in an encoder forked by Encoders"
+    if not _TUNED:
+        # The parent maps its short-lived big buffers (Archiver.run). An encoder's big
+        # allocations are the whole reads of files under 512 KiB, one per file: the heap
+        # reuses those without a mapping and page faults each.
+        heap.set_mmap_threshold(heap.MMAP_THRESHOLD_REUSED)
+        _TUNED = True
     return _ENCODER.encode_files(*task)
+
+
+_TUNED = False
 
 
 class Encoders:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import click
 
-from cairn import __version__
+from cairn import __version__, heap
 from cairn.cli.context import GlobalOptions
 from cairn.errors import CairnError, Interrupted
 
@@ -148,30 +148,8 @@ def _prepare_process() -> None:
     # Library warnings (e.g. retries) reach the user through callbacks, not the root logger.
     logging.getLogger("cairn").addHandler(logging.NullHandler())
     logging.getLogger("cairn").propagate = bool(os.environ.get("CAIRN_DEBUG"))
-    _tune_malloc()
-
-
-def _tune_malloc() -> None:
-    """Keep freed multi-MiB buffers in the heap instead of returning them to the kernel:
-    otherwise every 1-8 MiB chunk, zstd frame and ciphertext is a fresh mmap with page
-    faults (measured: saving blobs 154 -> 259 MiB/s on two cores)."""
-    if os.environ.get("CAIRN_MALLOC_TUNE") == "0":
-        return
-    try:
-        import ctypes
-        import ctypes.util
-
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
-        libc.mallopt(m_mmap_threshold, 32 << 20)
-        libc.mallopt(m_trim_threshold, 64 << 20)
-        # Every arena keeps its own freed buffers (up to the trim threshold) and its own
-        # fragmentation. The big buffers are few and Python's small objects never reach
-        # malloc, so one arena costs no measurable contention (measured on 1 GiB, peak RSS:
-        # backup 165 -> 150 MB, restore 155 -> 130 MB, same CPU time; 8 arenas: 189 MB).
-        libc.mallopt(m_arena_max, 1)
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
+    if os.environ.get("CAIRN_MALLOC_TUNE") != "0":
+        heap.tune()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
