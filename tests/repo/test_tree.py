@@ -607,3 +607,55 @@ def _streamed() -> Iterator[None]:
         yield
     finally:
         tree_module.STREAM_ABOVE = saved
+
+
+def _dir(name: bytes, subtree: bytes) -> Node:
+    t = GoTime(1_700_000_000, 5, 0)
+    return Node(
+        name=name,
+        type="dir",
+        mode=0o755 | (1 << 31),
+        mtime=t,
+        atime=t,
+        ctime=t,
+        uid=1,
+        gid=2,
+        user="u",
+        group="g",
+        inode=7,
+        device_id=9,
+        subtree=subtree,
+    )
+
+
+def test_subtrees_replaced_in_the_text_as_encode_tree_writes_them() -> None:
+    """The spliced text is byte for byte the tree of the same nodes with the new subtrees,
+    also for the fixtures' trees written by restic."""
+    a, b, c = (hashlib.sha256(x).digest() for x in (b"a", b"b", b"c"))
+    tricky = b'file "subtree":"' + a.hex().encode() + b'"'  # quoted in the JSON: no match
+    nodes = [_dir(b"one", a), _dir(b"two", b), _dir(tricky, ID2)]
+    data = encode_tree(nodes)
+    spliced = tree_module.replace_subtrees(data, [(a, c)])
+    nodes[0].subtree = c
+    assert spliced == encode_tree(nodes)
+    for path in FIXTURE_TREES:
+        data = path.read_bytes()
+        nodes = decode_tree(data)
+        dirs = [n for n in nodes if n.type == "dir" and n.subtree is not None]
+        subtrees = [n.subtree for n in dirs]
+        unique = [n for n in dirs if subtrees.count(n.subtree) == 1]
+        if not unique:
+            continue
+        old = unique[0].subtree
+        assert old is not None
+        unique[0].subtree = c
+        assert tree_module.replace_subtrees(data, [(old, c)]) == encode_tree(nodes)
+
+
+def test_subtrees_shared_or_absent_are_left_to_the_decoder() -> None:
+    a, b = hashlib.sha256(b"a").digest(), hashlib.sha256(b"b").digest()
+    shared = encode_tree([_dir(b"one", a), _dir(b"two", a)])  # two identical subdirectories
+    assert tree_module.replace_subtrees(shared, [(a, b)]) is None
+    assert tree_module.replace_subtrees(encode_tree([_dir(b"one", ID)]), [(a, b)]) is None
+    spaced = b'{"nodes": [{"name": "one", "type": "dir", "subtree": "' + a.hex().encode() + b'"}]}'
+    assert tree_module.replace_subtrees(spaced, [(a, b)]) is None

@@ -800,19 +800,28 @@ class Archiver:
     def _save_reused_tree(self, job: _DirJob, rec: DirRecord) -> bytes:
         """The tree of a directory whose own entries are unchanged: the parent's, unless a
         subdirectory's tree changed; then the parent's nodes with those subtree IDs."""
-        from cairn.repo.tree import encode_tree
+        from cairn.repo.tree import decode_tree, encode_tree, replace_subtrees
 
         tree, signature, blobs, files, size, subdirs = rec
         if job.subtrees != subdirs:
-            old = self.repo.load_tree(tree)  # a load error fails the backup: no node is lost
-            nodes = []
-            for n in old:
-                new = job.subtrees.get(n.name) if n.type == "dir" else None
-                if new is not None and new != n.subtree:
-                    n = copy.copy(n)
-                    n.subtree = new
-                nodes.append(n)
-            tree = self._store_blob(encode_tree(nodes), BlobType.TREE)
+            # A load error fails the backup: no node is lost.
+            data = self.repo.load_blob(BlobType.TREE, tree)
+            spliced = None
+            if job.subtrees.keys() == subdirs.keys():
+                # Only subtree IDs change: swapped in the text, no node decoded or encoded
+                # (big directories above every change, on each backup after a change).
+                changes = [(subdirs[k], v) for k, v in job.subtrees.items() if subdirs[k] != v]
+                spliced = replace_subtrees(data, changes)
+            if spliced is None:
+                nodes = []
+                for n in decode_tree(data):
+                    new = job.subtrees.get(n.name) if n.type == "dir" else None
+                    if new is not None and new != n.subtree:
+                        n = copy.copy(n)
+                        n.subtree = new
+                    nodes.append(n)
+                spliced = encode_tree(nodes)
+            tree = self._store_blob(spliced, BlobType.TREE)
         if job.path is not None:
             with self._records_lock:
                 self.records.dirs[job.path] = (tree, signature, blobs, files, size, job.subtrees)

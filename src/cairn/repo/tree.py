@@ -163,6 +163,22 @@ def encode_tree(nodes: Iterable[Node]) -> bytes:
     return ('{"nodes":[' + body + "]}\n").encode("utf-8")
 
 
+def replace_subtrees(data: bytes, changes: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """A tree's plaintext with subtree IDs replaced, each ``(old, new)`` pair in the one
+    place it appears, without decoding a node: the text :func:`encode_tree` would give the
+    same nodes with the new subtrees. None when an old ID is not a subtree exactly once
+    (two identical subdirectories share it) or the tree is in another layout: the caller
+    decodes and encodes. (A quote cannot stand unescaped in a JSON string, so the pattern
+    only matches a node's own ``subtree`` member.)"""
+    out = data
+    for old, new in changes:
+        pattern = b'"subtree":"' + old.hex().encode() + b'"'
+        if out.count(pattern) != 1:
+            return None
+        out = out.replace(pattern, b'"subtree":"' + new.hex().encode() + b'"')
+    return out
+
+
 # --- decoding --------------------------------------------------------------------------
 
 _FIELDS = (
