@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import mmap
 import os
 import queue
 import threading
@@ -127,11 +128,12 @@ class BlobSealer:
         does). **The view is valid only until the thread's next call**: for a caller that
         writes the blob out at once. It spares two buffers per blob (compressed, sealed),
         which the heap would serve (and fragment) or the kernel map and fault in afresh."""
-        view = _thread_buffer()
-        done = self.seal_into(t, data, view)
+        buffer = _SealBuffer.of_thread()
+        done = self.seal_into(t, data, buffer.view)
         if done is None:
             return self.seal(t, data)
-        return view[: done[0]], done[1]
+        buffer.reached = max(buffer.reached, done[0])
+        return buffer.view[: done[0]], done[1]
 
 
 def _check_size(sealed: bytearray | memoryview) -> None:
@@ -139,17 +141,33 @@ def _check_size(sealed: bytearray | memoryview) -> None:
         raise CairnError(f"blob of {len(sealed) - OVERHEAD} bytes is too large for a pack")
 
 
-#: A sealing thread's reused buffer: room for the largest chunk (8 MiB) compressed at worst
-#: and sealed. Anonymous memory: its pages are faulted in only as far as blobs reach.
-_THREAD_BUFFER = compress_bound(MAX_CHUNK) + OVERHEAD
 _local = threading.local()
 
 
-def _thread_buffer() -> memoryview:
-    view: memoryview | None = getattr(_local, "buffer", None)
-    if view is None:
-        view = _local.buffer = memoryview(heap.private_buffer(_THREAD_BUFFER))
-    return view
+class _SealBuffer:
+    """A sealing thread's reused buffer: room for the largest chunk (8 MiB) compressed at
+    worst and sealed. Anonymous memory, faulted in only as far as blobs reach; what one
+    blob took beyond the first 2 MiB is given back before the next one (most blobs are
+    smaller: holding every thread's largest blob ever cost up to 6 MiB a blob thread)."""
+
+    SIZE = compress_bound(MAX_CHUNK) + OVERHEAD
+    RESIDENT = 2 << 20
+
+    def __init__(self) -> None:
+        self.memory = heap.private_buffer(self.SIZE)
+        self.view = memoryview(self.memory)
+        self.reached = 0  # bytes written since the pages beyond RESIDENT were given back
+
+    @classmethod
+    def of_thread(cls) -> _SealBuffer:
+        buffer: _SealBuffer | None = getattr(_local, "buffer", None)
+        if buffer is None:
+            buffer = _local.buffer = cls()
+        elif buffer.reached > cls.RESIDENT:
+            # The last blob is written out by now (see seal_reusing).
+            buffer.memory.madvise(mmap.MADV_DONTNEED, cls.RESIDENT, buffer.reached - cls.RESIDENT)
+            buffer.reached = cls.RESIDENT
+        return buffer
 
 
 class BlobSaver:
