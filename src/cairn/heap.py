@@ -5,6 +5,10 @@ are reused rather than mapped afresh each time. The price is that memory freed a
 phase of many short-lived objects (decoding the index: ~6x its text in JSON objects at
 once) stays in the process until something reuses it; :func:`trim` returns it at once
 (measured: a 100,000-blob index, RSS 89 -> 51 MB right after loading it).
+
+A backup keeps its big buffers itself, outside the heap (:func:`private_buffer`), and has
+everything else this big mapped (:func:`set_mmap_threshold`): the heap then holds only
+small objects and does not fragment.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ def _libc() -> ctypes.CDLL | None:
 
 
 #: glibc's mmap threshold as the CLI sets it: buffers up to 32 MiB come from the heap and
-#: are reused there, not mapped and faulted in afresh each time (see cli.main).
+#: are reused there, not mapped and faulted in afresh each time (see :func:`tune`).
 MMAP_THRESHOLD_REUSED = 32 << 20
 #: For a process that keeps its big buffers itself (a backup's parent: chunk ring, chunker
 #: buffers, sealing buffers): what else is this big is short-lived and of every size, and

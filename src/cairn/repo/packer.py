@@ -98,7 +98,7 @@ class BlobSealer:
             sealed, ulen = self.key.seal(compress(data, level)), n
         else:
             sealed, ulen = self.key.seal(data), 0
-        _check_size(sealed)
+        _check_size(sealed, n)
         return sealed, ulen
 
     def seal_into(
@@ -118,7 +118,7 @@ class BlobSealer:
             out[IV_SIZE : IV_SIZE + n] = data
             size, ulen = n, 0
         sealed = self.key.seal_in_place(out, size)
-        _check_size(sealed)
+        _check_size(sealed, n)
         return len(sealed), ulen
 
     def seal_reusing(
@@ -136,9 +136,9 @@ class BlobSealer:
         return buffer.view[: done[0]], done[1]
 
 
-def _check_size(sealed: bytearray | memoryview) -> None:
+def _check_size(sealed: bytearray | memoryview, plain: int) -> None:
     if len(sealed) > _MAX_BLOB:
-        raise CairnError(f"blob of {len(sealed) - OVERHEAD} bytes is too large for a pack")
+        raise CairnError(f"blob of {plain} bytes is too large for a pack")
 
 
 _local = threading.local()
