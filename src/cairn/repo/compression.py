@@ -4,9 +4,9 @@ Built on ``zstandard`` (python-zstandard), whose contexts are reusable and which
 the GIL for all of its work, input and output alike. Contexts are reused: compressors from
 a pool shared by the threads, one decompressor per thread (they are small). A fresh context
 per call costs up to 4x on incompressible data and dominated the restore of small blobs
-(9-13 µs per blob against 0.4-4 µs reused). Frames
-are written without checksum, as restic writes them; frames from restic's encoder may
-omit the content size, so decoding is always bounded by the size the index records.
+(9-13 µs per blob against 0.4-4 µs reused). Frames are written without checksum, as
+restic writes them; frames from restic's encoder may omit the content size, so decoding
+is always bounded by the size the index records.
 """
 
 from __future__ import annotations
