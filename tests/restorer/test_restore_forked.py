@@ -45,7 +45,9 @@ def make_tree(root: Path) -> Path:
             os.chmod(path, rng.choice([0o600, 0o644, 0o755, 0o4750]))
             os.utime(path, ns=(1_600_000_000_123_456_789 + i, 1_500_000_000_987_654_321 + d))
         (sub / "same").write_bytes(shared)  # one blob written to eight files
-    (root / "spans-packs.bin").write_bytes(rng.randbytes(3_500_000))  # > several packs
+    # Longer than the largest chunk (8 MiB), so at least two blobs and packs whatever the
+    # polynomial: at 3.5 MB, one chunk in ~20 repositories had no cut point at all.
+    (root / "spans-packs.bin").write_bytes(rng.randbytes(9_000_000))
     (root / "zeros.bin").write_bytes(bytes(1 << 20))  # two sparse zero chunks: no pack
     (root / "hard-a").write_bytes(rng.randbytes(4_000))
     os.link(root / "hard-a", root / "hard-b")
