@@ -59,7 +59,7 @@ class ChunkRing:
 
     @property
     def used(self) -> int:
-        """Bytes of the regions not yet given back (for tests and progress)."""
+        """Bytes of the regions not yet given back (for the tests)."""
         with self._cond:
             return sum(end - start for start, end, back in self._taken if not back)
 
