@@ -120,6 +120,40 @@ def test_encoders_store_what_threads_store(tmp_path: Path, pools: list[int]) -> 
 
 
 @needs_fork
+def test_files_of_small_directories_travel_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like /usr/share/doc: hundreds of directories of one to three small files. A batch
+    for an encoder spans directories (one per directory cost the walk more than the
+    encoders' work); a hard link among them goes to a thread alone, without the batch;
+    restic finds every file intact."""
+    rng = random.Random(3)
+    src = tmp_path / "src"
+    for d in range(300):
+        sub = src / f"pkg{d:03d}"
+        sub.mkdir(parents=True)
+        for i in range(1 + d % 3):
+            (sub / f"f{i}").write_bytes(rng.randbytes(rng.choice([0, 200, 3000])))
+        if d % 50 == 7:
+            os.link(sub / "f0", sub / "f0-link")
+    batches: list[int] = []
+    submit = encoders.Encoders.submit
+
+    def counting(self: encoders.Encoders, files: list[encoders.FileTask]) -> Any:
+        batches.append(len(files))
+        return submit(self, files)
+
+    monkeypatch.setattr(encoders.Encoders, "submit", counting)
+    result = run_backup(tmp_path / "repo", src, 2)
+    assert result.snapshot_id and not result.incomplete
+    assert result.stats.files_new == 606
+    assert sum(batches) == 606 - 12  # six hard-linked pairs stay with the threads
+    assert len(batches) <= 606 // encoders.BATCH_FILES + 2
+    assert max(batches) <= encoders.BATCH_FILES
+    assert_restic_restores(tmp_path / "repo", src, tmp_path / "restored")
+
+
+@needs_fork
 def test_second_backup_through_encoders_reads_only_changes(tmp_path: Path) -> None:
     src = make_tree(tmp_path / "src")
     first = run_backup(tmp_path / "repo", src, 2)

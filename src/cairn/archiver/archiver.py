@@ -203,6 +203,11 @@ class Archiver:
         #: Files an encoder may take, counted until the pool is worth forking.
         self._encodable = 0
         self._encode_after = _FORK_AFTER_FILES if encoder_processes is None else 0
+        #: Small files the walk has collected for one reader or encoder, across
+        #: directories (see _collect), and their size by lstat.
+        self._batch: list[_FileJob] = []
+        self._batch_bytes = 0
+        self._batch_files = _BATCH_FILES if self._encoders is None else BATCH_FILES
 
     def _make_encoders(self, processes: int | None) -> Encoders | None:
         """Forked encoders (archiver/encoders.py), one per core by default; none for a dry
@@ -310,6 +315,7 @@ class Archiver:
             else:
                 self._list_dir(job, what.path, parent_tree, stack)
             self._release(job)
+        self._flush_batch()
 
     def _list_dir(
         self,
@@ -350,9 +356,6 @@ class Archiver:
             if self._reuse_dir(job, path, parent_tree, stack):
                 return
         old = job.old_nodes = self._parent_nodes(parent_tree)
-        batch: list[_FileJob] = []
-        batch_bytes = 0
-        batch_files = _BATCH_FILES if self._encoders is None else BATCH_FILES
         for name, epath, st in listing:
             if self.selector.excluded(epath, st, target_dev):
                 continue
@@ -369,15 +372,7 @@ class Archiver:
                 node.extended_attributes = XATTRS_UNREAD
             if warning:
                 self._warn(f"{os.fsdecode(epath)}: {warning}")
-            queued = len(batch)
-            self._add_entry(job, node, epath, st, old_node, target_dev, stack, batch)
-            if len(batch) > queued:
-                batch_bytes += st.st_size
-                if len(batch) >= batch_files or batch_bytes >= BATCH_BYTES:
-                    self._submit(batch)
-                    batch, batch_bytes = [], 0
-        if batch:
-            self._submit(batch)
+            self._add_entry(job, node, epath, st, old_node, target_dev, stack, batch=True)
 
     def _reuse_dir(
         self,
@@ -429,10 +424,10 @@ class Archiver:
         old_node: Node | None,
         target_dev: int,
         stack: list[tuple[_DirJob, VirtualDir | Target, bytes | None]],
-        batch: list[_FileJob] | None = None,
+        batch: bool = False,
     ) -> None:
-        """Add one entry to ``job``; a file that must be read goes to a reader thread,
-        small ones collected in ``batch`` (when given) to go there together."""
+        """Add one entry to ``job``; a file that must be read goes to a reader thread or
+        an encoder, small ones (with ``batch``) collected to go there together."""
         if node.type == "dir":
             sub = self._open_dir(job, node, old_node)
             stack.append((sub, Target(path, node.name), _subtree(old_node)))
@@ -454,15 +449,36 @@ class Archiver:
             job.nodes.append(node)
             job.pending += 1
         item = (job, node, path, old_node is not None)
-        if batch is not None and st.st_size < self.chunker.min_size:
-            batch.append(item)
+        if batch and st.st_size < self.chunker.min_size:
+            self._collect(item, st.st_size)
         else:
             self._submit([item])
 
+    def _collect(self, item: _FileJob, size: int) -> None:
+        """Add a small file to the walk's batch, sent when full. A batch spans
+        directories: cut at each directory's end, the batches of ``real`` (/usr) held
+        8 files on average, and the walk spent more of the parent's GIL sending them
+        than the encoders needed to keep busy."""
+        if self._encoders is not None and item[1].links > 1:
+            # For a reader thread (which keeps hard links together): alone, so that the
+            # files collected so far still go to an encoder.
+            self._submit([item])
+            return
+        self._batch.append(item)
+        self._batch_bytes += size
+        if len(self._batch) >= self._batch_files or self._batch_bytes >= BATCH_BYTES:
+            self._flush_batch()
+
+    def _flush_batch(self) -> None:
+        """Send the walk's batch of small files, if it holds any."""
+        if self._batch:
+            batch, self._batch, self._batch_bytes = self._batch, [], 0
+            self._submit(batch)
+
     def _submit(self, batch: list[_FileJob]) -> None:
-        """Hand files to the readers: small files of one directory go in batches, since
-        waking a reader thread for each cost more than reading a small file. Files an
-        encoder process may take go there instead (once enough were seen to be worth it)."""
+        """Hand files to the readers: small files go in batches, since waking a reader
+        thread for each cost more than reading a small file. Files an encoder process may
+        take go there instead (once enough were seen to be worth it)."""
         if self._encoders is not None and all(
             node.links <= 1 and node.size < MAX_FILE for _, node, _, _ in batch
         ):
@@ -470,7 +486,11 @@ class Archiver:
             if self._encodable > self._encode_after:
                 self._submit_encoded(batch)
                 return
-        self._files_in_flight.acquire()
+        if not self._files_in_flight.acquire(blocking=False):
+            # The readers are full: the small files collected so far must not wait with
+            # the walk (their directories' trees would wait, and the encoders idle).
+            self._flush_batch()
+            self._files_in_flight.acquire()
         self._readers.submit(self._read_batch, batch)
 
     def _submit_encoded(self, batch: list[_FileJob]) -> None:
