@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from cairn.archiver import encoders
+from cairn.archiver import archiver, encoders
 from cairn.backend.local import LocalBackend
 from cairn.errors import CairnError
 from cairn.forking import fork_available
@@ -148,7 +148,7 @@ def test_files_of_small_directories_travel_together(
     assert result.snapshot_id and not result.incomplete
     assert result.stats.files_new == 606
     assert sum(batches) == 606 - 12  # six hard-linked pairs stay with the threads
-    assert len(batches) <= 606 // encoders.BATCH_FILES + 2
+    assert len(batches) <= 300 // (archiver._BATCH_DIRS - 1) + 2
     assert max(batches) <= encoders.BATCH_FILES
     assert_restic_restores(tmp_path / "repo", src, tmp_path / "restored")
 

@@ -136,6 +136,10 @@ WarnFn = Callable[[str], None]
 _FileJob = tuple[_DirJob, Node, bytes, bool]
 #: At most this many small files go to a reader thread at once.
 _BATCH_FILES = 16
+#: A batch of small files is sent once it holds files of this many directories: each
+#: directory waits for its files before its tree is saved, with its parent tree's nodes
+#: (after a day's changes, one changed file in each of many directories).
+_BATCH_DIRS = 16
 #: Unless asked for, encoder processes are forked once this many files could use them: a
 #: backup that reads a few files is done before forking would pay off.
 _FORK_AFTER_FILES = 256
@@ -207,6 +211,7 @@ class Archiver:
         #: directories (see _collect), and their size by lstat.
         self._batch: list[_FileJob] = []
         self._batch_bytes = 0
+        self._batch_dirs = 0
         self._batch_files = _BATCH_FILES if self._encoders is None else BATCH_FILES
 
     def _make_encoders(self, processes: int | None) -> Encoders | None:
@@ -464,15 +469,21 @@ class Archiver:
             # files collected so far still go to an encoder.
             self._submit([item])
             return
+        if not self._batch or self._batch[-1][0] is not item[0]:
+            self._batch_dirs += 1
         self._batch.append(item)
         self._batch_bytes += size
-        if len(self._batch) >= self._batch_files or self._batch_bytes >= BATCH_BYTES:
+        if (
+            len(self._batch) >= self._batch_files
+            or self._batch_bytes >= BATCH_BYTES
+            or self._batch_dirs >= _BATCH_DIRS
+        ):
             self._flush_batch()
 
     def _flush_batch(self) -> None:
         """Send the walk's batch of small files, if it holds any."""
         if self._batch:
-            batch, self._batch, self._batch_bytes = self._batch, [], 0
+            batch, self._batch, self._batch_bytes, self._batch_dirs = self._batch, [], 0, 0
             self._submit(batch)
 
     def _submit(self, batch: list[_FileJob]) -> None:
