@@ -21,5 +21,10 @@ setup(
             sources=["src/cairn/archiver/_treecount.c"],
             extra_compile_args=["-O2", "-std=c11"],
         ),
+        Extension(
+            "cairn.archiver._listdir",
+            sources=["src/cairn/archiver/_listdir.c"],
+            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra"],
+        ),
     ]
 )

@@ -93,14 +93,21 @@ class Selector:
 
     def excluded(self, path: bytes, st: os.stat_result, target_dev: int) -> bool:
         """Every rule for one entry: patterns, size, file system, marker files."""
+        if stat.S_ISDIR(st.st_mode):
+            return self.excluded_dir(path, st.st_dev, target_dev)
         if self.excluded_by_name(path):
             return True
-        is_dir = stat.S_ISDIR(st.st_mode)
         if self.one_file_system and st.st_dev != target_dev:
             return True
-        if self.larger_than is not None and not is_dir and st.st_size > self.larger_than:
+        return self.larger_than is not None and st.st_size > self.larger_than
+
+    def excluded_dir(self, path: bytes, dev: int, target_dev: int) -> bool:
+        """Every rule for a directory on device ``dev``: patterns, file system, markers."""
+        if self.excluded_by_name(path):
             return True
-        return bool(is_dir and self.if_present and self.has_marker(path))
+        if self.one_file_system and dev != target_dev:
+            return True
+        return bool(self.if_present and self.has_marker(path))
 
     def has_marker(self, dirpath: bytes) -> bool:
         """Whether the directory holds a marker file of --exclude-if-present or
