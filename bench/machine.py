@@ -34,7 +34,7 @@ def _mem_total() -> int:
 
 
 def describe(workdir: Path) -> dict[str, Any]:
-    from backports import zstd  # cairn's zstd binding on Python < 3.14
+    import zstandard  # cairn's zstd binding
     from cryptography.hazmat.backends.openssl import backend
 
     df = _out(["df", "-hT", str(workdir)]).splitlines()
@@ -51,5 +51,7 @@ def describe(workdir: Path) -> dict[str, Any]:
         "borg": _out(["sh", "-c", "command -v borg && borg --version"]) or "not installed",
         "python": sys.version.split()[0],
         "openssl (cryptography)": backend.openssl_version_text(),
-        "zstd": zstd.zstd_version_info if hasattr(zstd, "zstd_version_info") else "?",
+        "zstd": "libzstd {} (python-zstandard {})".format(
+            ".".join(map(str, zstandard.ZSTD_VERSION)), zstandard.__version__
+        ),
     }
