@@ -462,8 +462,8 @@ class Archiver:
     def _collect(self, item: _FileJob, size: int) -> None:
         """Add a small file to the walk's batch, sent when full. A batch spans
         directories: cut at each directory's end, the batches of ``real`` (/usr) held
-        8 files on average, and the walk spent more of the parent's GIL sending them
-        than the encoders needed to keep busy."""
+        8 files on average, 12,000 of them, and the encoders waited 30-40% of the time
+        for the walk to send the next."""
         if self._encoders is not None and item[1].links > 1:
             # For a reader thread (which keeps hard links together): alone, so that the
             # files collected so far still go to an encoder.
