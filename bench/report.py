@@ -219,6 +219,12 @@ def render_limits(name: str, d: dict[str, Any], runs: list[dict[str, Any]]) -> l
     return out
 
 
+def _version(v: object) -> str:
+    """A version as the machine description holds it: text, or a tuple of numbers (older
+    results)."""
+    return v if isinstance(v, str) else ".".join(map(str, v))  # type: ignore[call-overload]
+
+
 def render_machine(m: dict[str, Any]) -> list[str]:
     return [
         "## Machine and versions",
@@ -226,7 +232,7 @@ def render_machine(m: dict[str, Any]) -> list[str]:
         f"- CPU: {m['cpu']}, {m['cores']} cores; RAM {m['ram_bytes'] / 2**30:.1f} GiB; kernel {m['kernel']}",
         f"- file system: `{m['filesystem']}`; disk `{m['disk']}` (virtual disk, ROTA as reported)",
         f"- {m['cairn']}; {m['restic']}; borg: {m['borg']}",
-        f"- Python {m['python']}, {m['openssl (cryptography)']} (cryptography), zstd {'.'.join(map(str, m['zstd']))}",
+        f"- Python {m['python']}, {m['openssl (cryptography)']} (cryptography), zstd {_version(m['zstd'])}",
         "",
     ]
 
@@ -238,7 +244,7 @@ of the runs; *ratio* is cairn / restic (lower is better for cairn) and is checke
 the targets of issue 3. Both tools: same password source (environment variable), default
 settings (zstd "auto", repository version 2, real calibrated scrypt key derivation; no
 `CAIRN_KDF_PARAMS`), `backup --host bench .` from the dataset's root, caches in the work
-directory (cairn does not implement a cache yet), output to a log file (no terminal).
+directory (each tool's own), output to a log file (no terminal).
 "Cold": `sync; echo 3 > /proc/sys/vm/drop_caches` right before the command. Warm initial
 backup: a second, fresh repository right after reading every file. Load averages are
 the 1-minute load at the start and end of each step, over all runs: the machine is shared,
