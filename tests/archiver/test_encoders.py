@@ -124,9 +124,9 @@ def test_files_of_small_directories_travel_together(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Like /usr/share/doc: hundreds of directories of one to three small files. A batch
-    for an encoder spans directories (one per directory cost the walk more than the
-    encoders' work); a hard link among them goes to a thread alone, without the batch;
-    restic finds every file intact."""
+    for an encoder spans directories (cut at each directory's end, batches were too small
+    to keep the encoders busy); a hard link among them goes to a thread alone, without
+    the batch; restic finds every file intact."""
     rng = random.Random(3)
     src = tmp_path / "src"
     for d in range(300):

@@ -210,7 +210,8 @@ class Archiver:
         self._encodable = 0
         self._encode_after = _FORK_AFTER_FILES if encoder_processes is None else 0
         #: Small files the walk has collected for one reader or encoder, across
-        #: directories (see _collect), and their size by lstat.
+        #: directories (see _collect), their size by lstat and how many directories
+        #: they come from; only the walking thread touches them.
         self._batch: list[_FileJob] = []
         self._batch_bytes = 0
         self._batch_dirs = 0
