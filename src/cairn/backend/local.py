@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from cairn.backend.base import DIR_TYPES, Backend, FileInfo, FileType, Handle, is_id_name
+from cairn.backend.directfile import BlockWriter, DirectFile, enable_direct
 from cairn.errors import AlreadyExistsError, BackendError, NotFoundError
+
+#: Free blocks (1 MiB each) kept for the direct pack files of one repository: one per open
+#: pack (data and tree), one waiting for the writer thread and the one it writes.
+_DIRECT_BLOCKS = 4
 
 
 class LocalBackend(Backend):
@@ -39,6 +44,9 @@ class LocalBackend(Backend):
         self.consistent_listing = _on_local_disk(self.root)
         #: Whether packs are linked into place (None: not tried yet).
         self._linking: bool | None = None
+        #: Whether pack files are written around the page cache (None: not tried yet).
+        self._direct: bool | None = None
+        self._blocks = BlockWriter(keep=_DIRECT_BLOCKS)
 
     def _modes(self) -> tuple[int, int]:
         """Group-readable config means a shared repository (0660/0770), as restic does."""
@@ -88,6 +96,10 @@ class LocalBackend(Backend):
             except OSError:
                 self._linking = False  # no O_TMPFILE here (an old kernel, NFS, FUSE)
             else:
+                if self._direct is not False:
+                    self._direct = enable_direct(fd)
+                    if self._direct:
+                        return cast(BinaryIO, DirectFile(fd, self._blocks))
                 return open(fd, "w+b", buffering=buffering)  # noqa: SIM115 - the caller's
         return super().temp_file(buffering)
 

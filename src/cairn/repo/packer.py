@@ -22,6 +22,7 @@ from typing import BinaryIO
 
 from cairn import heap
 from cairn.backend.base import Backend, FileType, Handle
+from cairn.backend.directfile import DirectFile
 from cairn.chunker import MAX_SIZE as MAX_CHUNK
 from cairn.errors import CairnError
 from cairn.repo.compression import LEVELS, compress, compress_bound, compress_into
@@ -371,7 +372,10 @@ class BlobSaver:
             self.gate()
         pack.write(seal_header(self.key, bytes(pack.header)))
         pack.file.flush()
-        pack_id = _file_sha256(pack.file.fileno(), pack.size)
+        if isinstance(pack.file, DirectFile):
+            pack_id = pack.file.sha256()  # hashed as it was written
+        else:
+            pack_id = _file_sha256(pack.file.fileno(), pack.size)
         self.backend.save_file(Handle(FileType.PACK, pack_id.hex()), pack.file, pack.size)
         # Index before dropping from "pending" (done by the caller): a concurrent save of
         # the same blob always finds it in one of the two.
