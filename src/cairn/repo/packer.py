@@ -16,6 +16,7 @@ import hashlib
 import mmap
 import os
 import queue
+import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO
@@ -203,7 +204,9 @@ class BlobSaver:
         self._lock = threading.Lock()
         self._open: dict[BlobType, _Pack] = {}
         self._pending: set[tuple[int, bytes]] = set()
-        self._unsaved: list[tuple[bytes, list[Entry]]] = []
+        #: Stored packs no index file describes yet, each with its blobs packed by
+        #: _pack_entries, and how many blobs that is.
+        self._unsaved: list[tuple[bytes, bytes]] = []
         self._unsaved_count = 0
         self._index_lock = threading.Lock()
         self._error: BaseException | None = None
@@ -381,7 +384,7 @@ class BlobSaver:
         # the same blob always finds it in one of the two.
         self.index.add_pack(pack_id, pack.entries)
         with self._index_lock:
-            self._unsaved.append((pack_id, pack.entries))
+            self._unsaved.append((pack_id, _pack_entries(pack.entries)))
             self._unsaved_count += len(pack.entries)
             full = self._unsaved_count >= INDEX_FILE_BLOBS
         if full:
@@ -400,7 +403,7 @@ class BlobSaver:
             except BaseException:
                 # Keep them for the next attempt: the packs exist but no index names them yet.
                 self._unsaved = batch + self._unsaved
-                self._unsaved_count += sum(len(e) for _, e in batch)
+                self._unsaved_count += sum(len(e) // _ENTRY.size for _, e in batch)
                 raise
             if self.on_index_file is not None:
                 self.on_index_file(name)
@@ -413,16 +416,28 @@ class BlobSaver:
             raise CairnError(f"uploading a pack failed: {err}") from err
 
 
+#: A stored blob waiting for its index file: type, ID, offset, length, uncompressed length.
+_ENTRY = struct.Struct("<B32sQQQ")
+
+
+def _pack_entries(entries: list[Entry]) -> bytes:
+    """A pack's blobs in 57 bytes each. As tuples (with their ID and int objects) they
+    took about 230 bytes each, and up to 50,000 wait for an index file: 11 MB in a
+    backup of /usr."""
+    pack = _ENTRY.pack
+    return b"".join([pack(t, bid, off, length, ulen) for t, bid, off, length, ulen in entries])
+
+
 def _as_blobs(
-    batch: Sequence[tuple[bytes, list[Entry]]],
+    batch: Sequence[tuple[bytes, bytes]],
 ) -> Iterator[tuple[bytes, list[PackedBlob]]]:
     """The blobs of each pack, built when the index file's writer takes the pack."""
-    for pid, entries in batch:
+    for pid, packed in batch:
         yield (
             pid,
             [
                 PackedBlob(BlobType(t), bid, pid, off, length, ulen)
-                for t, bid, off, length, ulen in entries
+                for t, bid, off, length, ulen in _ENTRY.iter_unpack(packed)
             ],
         )
 
