@@ -61,6 +61,10 @@ def _set_direct(fd: int, on: bool) -> None:
 class BlockWriter:
     """The blocks of one backend's direct files, and the thread that writes them.
 
+    Only the process that made it uses it: the backup's forked encoders seal blobs into
+    shared memory and never write a pack, so a thread or lock lost in the fork is never
+    waited for.
+
     Full blocks wait in a queue of :data:`_QUEUED`: a file that fills blocks faster than
     the disk and the hash take them then waits. Free blocks are kept for reuse
     (a new mapping would fault its pages in afresh), up to ``keep``; taking a block never
@@ -89,6 +93,13 @@ class BlockWriter:
                 self._free.append(block)
                 return
         block.close()
+
+    def drop_free(self) -> None:
+        """Unmap the free blocks; blocks in use come back and are kept as before."""
+        with self._lock:
+            free, self._free = self._free, []
+        for block in free:
+            block.close()
 
     def submit(self, file: DirectFile, block: mmap.mmap, offset: int) -> None:
         """Have ``block`` hashed into ``file`` and written at ``offset``; blocks of one

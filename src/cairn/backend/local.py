@@ -62,6 +62,11 @@ class LocalBackend(Backend):
     def _path(self, handle: Handle) -> Path:
         return self.root / handle.relpath()
 
+    def close(self) -> None:
+        """Unmap the pack blocks kept for reuse (a long-lived process, the scheduler or
+        the web UI, opens repositories again and again)."""
+        self._blocks.drop_free()
+
     def local_path(self, handle: Handle) -> Path:
         """Where the file lives, for a reader that streams it instead of loading it."""
         return self._path(handle)
