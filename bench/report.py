@@ -208,12 +208,13 @@ def render_limits(name: str, d: dict[str, Any], runs: list[dict[str, Any]]) -> l
             else ""
         )
         out.append(
-            f"cairn warm initial backup: {achieved:.0f} MB/s = **{frac:.0%} of the 2-core limit**{target}."
+            # One decimal: 59.6% printed as "60%" beside a FAIL read as a contradiction.
+            f"cairn warm initial backup: {achieved:.0f} MB/s = **{frac:.1%} of the 2-core limit**{target}."
         )
         rw = step_stats(runs, "backup initial warm", "restic")
         if rw["wall"]:
             out.append(
-                f"restic warm initial backup: {d['bytes'] / 1e6 / rw['wall']:.0f} MB/s = {d['bytes'] / 1e6 / rw['wall'] / limit:.0%}."
+                f"restic warm initial backup: {d['bytes'] / 1e6 / rw['wall']:.0f} MB/s = {d['bytes'] / 1e6 / rw['wall'] / limit:.1%}."
             )
     out.append("")
     return out
