@@ -112,7 +112,7 @@ def test_files_share_one_writer_and_its_blocks(tmp_path: Path) -> None:
 def test_a_write_error_reaches_the_writer_of_the_file(tmp_path: Path) -> None:
     """A block the disk refuses (here: the descriptor is read-only, a real EBADF from the
     kernel) fails the file's next write or flush, never silently."""
-    writer = BlockWriter(keep=2, size=BLOCK)
+    writer = BlockWriter(keep=0, size=BLOCK)  # every block unmapped when it comes back
     path = tmp_path / "ro"
     path.write_bytes(b"")
     fd = os.open(path, os.O_RDONLY)
@@ -124,6 +124,12 @@ def test_a_write_error_reaches_the_writer_of_the_file(tmp_path: Path) -> None:
         assert caught.value.errno == errno.EBADF
     finally:
         f.close()
+    # The writer thread survived the failed blocks and writes the next file's.
+    data = os.urandom(3 * BLOCK + 100)
+    with direct_file(tmp_path, writer) as g:
+        g.write(data)
+        g.flush()
+        assert content(g) == data
 
 
 def test_a_file_system_that_refuses_direct_writes_gets_buffered_ones(

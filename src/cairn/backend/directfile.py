@@ -15,6 +15,7 @@ few waiting, one being written).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -92,14 +93,16 @@ class BlockWriter:
             if len(self._free) < self._keep:
                 self._free.append(block)
                 return
-        block.close()
+        # A view of it may live on (in an error's traceback): then it is unmapped when freed.
+        with contextlib.suppress(BufferError):
+            block.close()
 
     def drop_free(self) -> None:
         """Unmap the free blocks; blocks in use come back and are kept as before."""
         with self._lock:
             free, self._free = self._free, []
         for block in free:
-            block.close()
+            block.close()  # never exported: free blocks have no views
 
     def submit(self, file: DirectFile, block: mmap.mmap, offset: int) -> None:
         """Have ``block`` hashed into ``file`` and written at ``offset``; blocks of one
@@ -276,7 +279,14 @@ class DirectFile:
         self._view.release()
         with self._done:
             self._queued += 1
-        self._writer.submit(self, self._block, self._offset)
+        try:
+            self._writer.submit(self, self._block, self._offset)
+        except BaseException:
+            # Not queued (no thread could start): a flush must not wait for it.
+            with self._done:
+                self._queued -= 1
+            self._view = memoryview(self._block)
+            raise
         self._block = self._view = None
         self._offset += self._writer.size
         self._fill = 0

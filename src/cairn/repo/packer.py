@@ -47,9 +47,10 @@ class _Pack:
     """A pack being filled: an anonymous temporary file, its used size, and the header
     entries.
 
-    The sealed blobs go to the file, not to memory: like restic, a pack costs page cache,
-    not process memory, while it fills and waits for an uploader (measured: six in-memory
-    17 MiB pack buffers were a third of a backup's peak RSS)."""
+    The sealed blobs go to the file, not to memory: a pack costs a write buffer (or, for a
+    local repository, a direct file's 1 MiB block) while it fills and waits for an
+    uploader, not its whole size (measured: six in-memory 17 MiB pack buffers were a third
+    of a backup's peak RSS)."""
 
     __slots__ = ("type", "file", "size", "entries", "header")
 
@@ -204,8 +205,8 @@ class BlobSaver:
         self._lock = threading.Lock()
         self._open: dict[BlobType, _Pack] = {}
         self._pending: set[tuple[int, bytes]] = set()
-        #: Stored packs no index file describes yet, each with its blobs packed by
-        #: _pack_entries, and how many blobs that is.
+        #: Stored packs no index file describes yet, with their blobs packed by
+        #: _pack_entries; _unsaved_count counts those blobs.
         self._unsaved: list[tuple[bytes, bytes]] = []
         self._unsaved_count = 0
         self._index_lock = threading.Lock()
@@ -422,8 +423,7 @@ _ENTRY = struct.Struct("<B32sQQQ")
 
 def _pack_entries(entries: list[Entry]) -> bytes:
     """A pack's blobs in 57 bytes each. As tuples (with their ID and int objects) they
-    took about 230 bytes each, and up to 50,000 wait for an index file: 11 MB in a
-    backup of /usr."""
+    took about 230 bytes each, and up to 50,000 wait for an index file: up to 11 MB."""
     pack = _ENTRY.pack
     return b"".join([pack(t, bid, off, length, ulen) for t, bid, off, length, ulen in entries])
 
