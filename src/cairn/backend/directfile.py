@@ -23,7 +23,6 @@ import mmap
 import os
 import queue
 import threading
-from types import TracebackType
 
 #: O_DIRECT's alignment of offsets, lengths and buffer addresses. 4096 suits both 512-byte
 #: and 4 KiB sector devices; blocks are mapped, so page-aligned.
@@ -229,12 +228,7 @@ class DirectFile:
     def __enter__(self) -> DirectFile:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- the writer thread's side ----------------------------------------------------------
