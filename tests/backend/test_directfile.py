@@ -109,6 +109,31 @@ def test_files_share_one_writer_and_its_blocks(tmp_path: Path) -> None:
     assert writer._free == []
 
 
+def test_idle_threads_end_and_the_next_file_starts_them_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hashing and writing threads end once idle; a file written after that starts a
+    new pair, and both files come out whole."""
+    monkeypatch.setattr(directfile, "_IDLE_SECONDS", 0.05)
+    writer = BlockWriter(keep=2, size=BLOCK)
+
+    def pack_threads() -> list[threading.Thread]:
+        names = ("cairn-pack-hash", "cairn-pack-write")
+        return [t for t in threading.enumerate() if t.name in names]
+
+    for seed in (3, 4):
+        expected = b"".join(pieces(seed))
+        with direct_file(tmp_path, writer) as f:
+            f.write(expected)
+            assert {t.name for t in pack_threads()} == {"cairn-pack-hash", "cairn-pack-write"}
+            f.flush()
+            assert content(f) == expected
+            assert f.sha256() == hashlib.sha256(expected).digest()
+        for t in pack_threads():
+            t.join(timeout=10)
+        assert pack_threads() == []
+
+
 def test_a_write_error_reaches_the_writer_of_the_file(tmp_path: Path) -> None:
     """A block the disk refuses (here: the descriptor is read-only, a real EBADF from the
     kernel) fails the file's next write or flush, never silently."""
