@@ -139,6 +139,10 @@ def cli(
     )
 
 
+#: Seconds a thread waiting for the GIL lets the holder run before asking for it.
+_SWITCH_INTERVAL = 0.0005
+
+
 def _prepare_process() -> None:
     """Process-wide settings that a library must not make for its caller."""
     # restic (and cairn's own `unlock`) probe whether a lock's owner on this host is alive
@@ -150,6 +154,12 @@ def _prepare_process() -> None:
     logging.getLogger("cairn").propagate = bool(os.environ.get("CAIRN_DEBUG"))
     if os.environ.get("CAIRN_MALLOC_TUNE") != "0":
         heap.tune()
+    # A thread back from native work (zstd, SHA-256, a read) waits for the GIL until the
+    # thread holding it gives it up, or for this long before asking it to: 0.5 ms, not
+    # Python's 5. Warm backups, pairs of runs alternating with the default: 0.13 s faster
+    # in the median pair on 3 GB of big files (6 of 8 faster), 0.20 s on 100,000 small
+    # files (4 of 5), 0.08 s on /usr (4 of 4).
+    sys.setswitchinterval(_SWITCH_INTERVAL)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
