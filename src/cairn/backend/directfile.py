@@ -40,7 +40,7 @@ _O_DIRECT = getattr(os, "O_DIRECT", 0)
 _QUEUED = 3
 #: Hashed blocks that may wait for the writing thread.
 _HASHED = 1
-#: How long an idle writer thread waits for work before it ends.
+#: How long the hashing thread waits for work before it ends (the writing thread with it).
 _IDLE_SECONDS = 2.0
 
 

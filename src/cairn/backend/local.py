@@ -24,8 +24,8 @@ from cairn.backend.directfile import BlockWriter, DirectFile, enable_direct
 from cairn.errors import AlreadyExistsError, BackendError, NotFoundError
 
 #: Free blocks (1 MiB each) kept for reuse by the direct pack files of one repository: one
-#: per open pack (data and tree) and two for the writer thread; more are made when a big
-#: blob needs them and unmapped when they come back.
+#: per open pack (data and tree) and two for the hashing and writing threads; more are
+#: made when a big blob needs them and unmapped when they come back.
 _DIRECT_BLOCKS = 4
 
 
