@@ -83,3 +83,50 @@ def test_the_ring_wraps_to_its_start_when_the_end_is_too_short() -> None:
 def test_a_chunk_larger_than_the_ring_is_refused() -> None:
     with pytest.raises(ValueError, match="does not fit"):
         ChunkRing(10).copy(memoryview(b"x" * 11))
+
+
+def test_a_region_given_back_is_free_while_older_ones_are_held() -> None:
+    """A big chunk held long by one worker does not keep the ring full: the room of the
+    chunks after it, once given back, takes new ones."""
+    ring = ChunkRing(100)
+    big, rbig = ring.copy(memoryview(b"B" * 60))
+    small, rsmall = ring.copy(memoryview(b"s" * 30))
+    ring.give_back(rsmall)  # 60-100 free while 0-60 is still held
+    again, ragain = ring.copy(memoryview(b"t" * 35))
+    assert ragain[0] == 60 and bytes(again) == b"t" * 35
+    assert bytes(big) == b"B" * 60
+    ring.give_back(rbig)
+    ring.give_back(ragain)
+    assert ring.used == 0
+
+
+def test_chunks_waiting_for_room_are_served_in_order() -> None:
+    """A big chunk waiting for room is not overtaken by a small one that would fit: the
+    small one waits behind it."""
+    ring = ChunkRing(100)
+    _, ra = ring.copy(memoryview(b"a" * 50))
+    _, rb = ring.copy(memoryview(b"b" * 40))  # 90-100 free
+    starts: dict[str, int] = {}
+
+    def copy(label: str, n: int) -> None:
+        view, region = ring.copy(memoryview(label.encode() * n))
+        assert bytes(view) == label.encode() * n
+        starts[label] = region[0]
+
+    big = threading.Thread(target=copy, args=("B", 60))
+    big.start()
+    while ring._tickets < 3:  # the big request has its place in the queue
+        time.sleep(0.001)
+    small = threading.Thread(target=copy, args=("s", 5))
+    small.start()
+    time.sleep(0.2)
+    assert starts == {}  # 10 bytes are free, but the big chunk came first
+    ring.give_back(ra)  # 0-50 free: still too short for 60
+    time.sleep(0.1)
+    assert starts == {}
+    ring.give_back(rb)
+    big.join(5)
+    small.join(5)
+    # The big one first, at the start; the small one after it (served first it would
+    # have gone after the newest region, at 90).
+    assert starts == {"B": 0, "s": 60}

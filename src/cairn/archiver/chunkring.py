@@ -10,28 +10,34 @@ stored. The ring's size bounds the chunk data queued, as a byte budget would.
 
 from __future__ import annotations
 
-import collections
+import bisect
 import threading
 
 from cairn import heap
 
 
 class ChunkRing:
-    """A ring buffer of ``size`` bytes that copies chunks in and hands out views of them.
+    """A buffer of ``size`` bytes that copies chunks in and hands out views of them.
 
-    Regions are taken at the head and given back in any order; space is reused once every
-    older region is given back (blob workers finish in roughly the order chunks come).
-    A chunk goes in whole: one that does not fit before the end of the ring starts again
-    at its beginning.
+    Regions are taken after the newest one, wrapping to the start, and given back in any
+    order. A region given back is free at once, even while older ones are held: a big
+    chunk that one blob worker compresses for a long time does not keep the other from
+    the chunks behind it. Requests are served in the order they come, so a big chunk
+    waiting for room is not overtaken for ever by small ones.
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._buffer = heap.private_buffer(size)
         self._view = memoryview(self._buffer)
-        #: Regions in the order they were taken: [start, end, given back].
-        self._taken: collections.deque[list[int]] = collections.deque()
+        #: Held regions as [start, end], by start.
+        self._taken: list[list[int]] = []
+        #: Where the newest region ended: the next one is looked for from there.
+        self._next = 0
         self._cond = threading.Condition()
+        #: Tickets of the waiting requests, served in order.
+        self._tickets = 0
+        self._serving = 0
 
     def copy(self, data: memoryview) -> tuple[memoryview, list[int]]:
         """A copy of ``data`` (at most ``size`` bytes) in the ring, and the token to give
@@ -40,10 +46,15 @@ class ChunkRing:
         if n > self.size:
             raise ValueError(f"a chunk of {n} bytes does not fit a ring of {self.size}")
         with self._cond:
-            while (start := self._room(n)) is None:
+            ticket = self._tickets
+            self._tickets += 1
+            while ticket != self._serving or (start := self._room(n)) is None:
                 self._cond.wait()
-            region = [start, start + n, 0]
-            self._taken.append(region)
+            self._serving += 1
+            region = [start, start + n]
+            bisect.insort(self._taken, region)
+            self._next = start + n
+            self._cond.notify_all()  # the next ticket may fit too
         # Outside the lock: the region is this thread's until it is given back.
         self._view[start : start + n] = data
         return self._view[start : start + n], region
@@ -51,28 +62,26 @@ class ChunkRing:
     def give_back(self, region: list[int]) -> None:
         """The chunk in ``region`` is no longer used: its bytes may be written again."""
         with self._cond:
-            region[2] = 1
-            taken = self._taken
-            while taken and taken[0][2]:
-                taken.popleft()
+            self._taken.remove(region)
             self._cond.notify_all()
 
     @property
     def used(self) -> int:
         """Bytes of the regions not yet given back (for the tests)."""
         with self._cond:
-            return sum(end - start for start, end, back in self._taken if not back)
+            return sum(end - start for start, end in self._taken)
 
     def _room(self, n: int) -> int | None:
-        """Where a region of ``n`` bytes can start now, or None."""
-        taken = self._taken
-        if not taken:
-            return 0
-        oldest, newest = taken[0][0], taken[-1][1]
-        if taken[-1][0] >= oldest:
-            # Not wrapped: free after the newest region, and before the oldest.
-            if self.size - newest >= n:
-                return newest
-            return 0 if oldest >= n else None
-        # Wrapped: free between the newest region and the oldest.
-        return newest if oldest - newest >= n else None
+        """Where a region of ``n`` bytes can start now, or None: the first free stretch
+        long enough at or after ``_next``, else the first one from the start."""
+        first: int | None = None
+        free_from = 0
+        for start, end in (*self._taken, [self.size, self.size]):
+            # Free: free_from .. start.
+            at = max(free_from, self._next) if free_from <= self._next < start else free_from
+            if start - at >= n and at >= self._next:
+                return at
+            if first is None and start - free_from >= n:
+                first = free_from
+            free_from = max(free_from, end)
+        return first
