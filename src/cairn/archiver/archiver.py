@@ -48,6 +48,16 @@ from cairn.repo.node import Node, go_mode
 from cairn.repo.repository import Repository
 
 
+def default_read_concurrency() -> int:
+    """Reader threads for big files: one per two cores. A reader only reads and chunks
+    (3 GB/s a core); the blob threads behind it do the rest, so on 2 cores one reader
+    keeps both busy, and each reader costs its 10 MiB chunk buffer. Warm initial backups,
+    alternating, one reader against two: 3 GB of big files 6.86-7.32 s against 6.61-7.50
+    s, peak 80-81 MiB against 89-91; /usr 9.9-10.8 s against 9.9-10.4 s, peak 153-158
+    MiB against 162-168; cold, /usr 11.65-11.79 s against 11.27-12.07 s."""
+    return max(1, cores() // 2)
+
+
 @dataclass
 class BackupStats:
     """Counters in restic's summary vocabulary."""
@@ -155,7 +165,7 @@ class Archiver:
         *,
         parent_tree: bytes | None = None,
         dry_run: bool = False,
-        read_concurrency: int = 2,
+        read_concurrency: int | None = None,
         blob_workers: int | None = None,
         warn: WarnFn | None = None,
         on_file: Callable[[str, bytes], None] | None = None,
@@ -176,6 +186,8 @@ class Archiver:
         self.progress = progress or Progress()
         self.chunker = Chunker(repo.config.chunker_polynomial)
         self._stats_lock = threading.Lock()
+        if read_concurrency is None:
+            read_concurrency = default_read_concurrency()
         self._readers = ThreadPoolExecutor(max(1, read_concurrency), "cairn-read")
         self._blobs = ThreadPoolExecutor(blob_workers or (os.cpu_count() or 2), "cairn-blob")
         # Enough queued chunk data to keep every blob worker busy, but bounded: readers

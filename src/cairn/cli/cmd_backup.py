@@ -128,9 +128,8 @@ def _sampler(progress: Progress) -> Sampler:
 @click.option(
     "--read-concurrency",
     type=click.IntRange(1, 64),
-    default=2,
-    show_default=True,
-    help="Files read in parallel.",
+    default=None,
+    help="Files of 1 MiB or more read in parallel (default: one per two cores).",
 )
 @pass_globals
 def backup_cmd(
@@ -154,7 +153,7 @@ def backup_cmd(
     stdin_filename: str,
     compression: str | None,
     time_: str | None,
-    read_concurrency: int,
+    read_concurrency: int | None,
 ) -> None:
     """Create a snapshot of PATHS (files and directories).
 

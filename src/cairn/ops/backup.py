@@ -37,7 +37,8 @@ class BackupOptions:
     force: bool = False
     dry_run: bool = False
     time: GoTime | None = None
-    read_concurrency: int = 2
+    #: Reader threads for big files; None = the archiver's default (one per two cores).
+    read_concurrency: int | None = None
     #: Processes that read and seal small files (archiver/encoders.py): None = one per
     #: core once enough files need reading, 0 = none (threads only).
     encoder_processes: int | None = None
