@@ -130,3 +130,35 @@ def test_chunks_waiting_for_room_are_served_in_order() -> None:
     # The big one first, at the start; the small one after it (served first it would
     # have gone after the newest region, at 90).
     assert starts == {"B": 0, "s": 60}
+
+
+def test_a_request_given_up_does_not_hold_up_the_ones_behind_it() -> None:
+    """A waiting copy interrupted by an exception (here: a condition whose wait raises
+    once) gives up its turn; the next request is served when room comes."""
+    ring = ChunkRing(100)
+    _, held = ring.copy(memoryview(b"a" * 90))
+
+    class Interrupted(Exception):
+        pass
+
+    real_wait = ring._cond.wait
+    calls = 0
+
+    def wait_once_interrupted(timeout: float | None = None) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise Interrupted
+        return real_wait(timeout)
+
+    ring._cond.wait = wait_once_interrupted  # type: ignore[method-assign]
+    with pytest.raises(Interrupted):
+        ring.copy(memoryview(b"x" * 50))  # no room: waits, and is interrupted
+    got: list[bytes] = []
+    later = threading.Thread(target=lambda: got.append(bytes(ring.copy(memoryview(b"y" * 50))[0])))
+    later.start()
+    time.sleep(0.1)
+    assert got == []
+    ring.give_back(held)
+    later.join(5)
+    assert got == [b"y" * 50]

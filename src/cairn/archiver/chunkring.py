@@ -35,9 +35,11 @@ class ChunkRing:
         #: Where the newest region ended: the next one is looked for from there.
         self._next = 0
         self._cond = threading.Condition()
-        #: Tickets of the waiting requests, served in order.
+        #: Requests take tickets and are served in their order; a request given up
+        #: (interrupted while it waited) leaves its ticket in ``_given_up``.
         self._tickets = 0
         self._serving = 0
+        self._given_up: set[int] = set()
 
     def copy(self, data: memoryview) -> tuple[memoryview, list[int]]:
         """A copy of ``data`` (at most ``size`` bytes) in the ring, and the token to give
@@ -48,13 +50,19 @@ class ChunkRing:
         with self._cond:
             ticket = self._tickets
             self._tickets += 1
-            while ticket != self._serving or (start := self._room(n)) is None:
-                self._cond.wait()
+            try:
+                while ticket != self._serving or (start := self._room(n)) is None:
+                    self._cond.wait()
+            except BaseException:
+                # The requests behind this one must not wait for it for ever.
+                self._given_up.add(ticket)
+                self._next_ticket()
+                raise
             self._serving += 1
+            self._next_ticket()
             region = [start, start + n]
             bisect.insort(self._taken, region)
             self._next = start + n
-            self._cond.notify_all()  # the next ticket may fit too
         # Outside the lock: the region is this thread's until it is given back.
         self._view[start : start + n] = data
         return self._view[start : start + n], region
@@ -64,6 +72,13 @@ class ChunkRing:
         with self._cond:
             self._taken.remove(region)
             self._cond.notify_all()
+
+    def _next_ticket(self) -> None:
+        """Skip the tickets given up, and wake the waiters: the next one may fit."""
+        while self._serving in self._given_up:
+            self._given_up.discard(self._serving)
+            self._serving += 1
+        self._cond.notify_all()
 
     @property
     def used(self) -> int:
