@@ -188,7 +188,7 @@ class DirectFile:
         self._flushed_sha: bytes | None = None
         self._direct = True
         self._paused = False  # O_DIRECT is off since the last flush
-        self._queued = 0  # blocks handed to the writer and not yet written
+        self._queued = 0  # blocks handed over and not yet written
         self._done = threading.Condition()
         self._error: BaseException | None = None
         self.closed = False
@@ -266,7 +266,7 @@ class DirectFile:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- the writer thread's side ----------------------------------------------------------
+    # -- the hashing and writing threads' side ----------------------------------------------
 
     def hash_block(self, block: mmap.mmap) -> None:
         """Add one full block to the file's hash (in the hashing thread, block after block
@@ -312,7 +312,7 @@ class DirectFile:
         self._block = self._view = None
 
     def _hand_over(self) -> None:
-        """The current block is full: the writer thread hashes and writes it."""
+        """The current block is full: the backend's threads hash and write it."""
         assert self._block is not None and self._view is not None
         self._view.release()
         with self._done:
