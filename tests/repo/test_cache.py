@@ -361,3 +361,36 @@ def test_no_cached_index_while_packs_wait_for_their_index_file(tmp_path: Path) -
         assert state.read_bytes() != before
     finally:
         repo.close()
+
+
+def test_the_cached_index_is_not_written_again_while_its_index_files_are_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command that adds no index file (a backup where nothing changed) leaves the
+    cache's copy as it is: rewriting it cost a second copy of the index in memory at the
+    backup's end. A new index file makes it write the copy again."""
+    path, cache_root = tmp_path / "repo", tmp_path / "cache"
+    _populated(path)
+    repo, _ = _open(path, cache_root)
+    try:
+        repo.load_index()  # builds the copy
+        state = cache_root / repo.config.id / "cairn-index" / repo.config.id
+        written = state.stat().st_ino
+    finally:
+        repo.close()
+    repo, _ = _open(path, cache_root)
+    try:
+        repo.load_index()  # from the copy
+        repo.cache_index()
+        assert state.stat().st_ino == written  # written aside and renamed: a new inode
+        for chunk in random_chunks(3, 3000):
+            repo.save_blob(BlobType.DATA, chunk)
+        repo.flush()
+        repo.cache_index()
+        assert state.stat().st_ino != written
+    finally:
+        repo.close()
+    with Repository.open(LocalBackend(path), PASSWORD) as plain:
+        plain.load_index()
+        expected = _index_entries(plain)
+    assert _load_counting_decodes(path, cache_root, monkeypatch) == (expected, 0)

@@ -29,6 +29,7 @@ import os
 import struct
 from collections.abc import Iterable
 
+from cairn import heap
 from cairn.archiver.fsmeta import group_name, user_name
 from cairn.archiver.select import ExcludeOptions
 from cairn.errors import CairnError
@@ -123,9 +124,15 @@ class DirRecords:
         if sealed is None:
             return None
         try:
-            version, opts, users, groups, dirs = marshal.loads(decompress(repo.key.open(sealed)))
+            text = decompress(repo.key.open(sealed))
+            del sealed  # not held while the records are built from the text
+            version, opts, users, groups, dirs = marshal.loads(text)
         except (CairnError, ValueError, EOFError, TypeError):
             return None  # damaged or from another repository key: the slow path
+        del text
+        # The sealed, opened and decompressed copies are garbage now: 5x the file, which
+        # the heap would otherwise keep.
+        heap.trim()
         if version != _VERSION or opts != options:
             return None
         if any(user_name(u) != n for u, n in users.items()) or any(
