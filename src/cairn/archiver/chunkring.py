@@ -92,9 +92,9 @@ class ChunkRing:
         first: int | None = None
         free_from = 0
         for start, end in (*self._taken, [self.size, self.size]):
-            # Free: free_from .. start.
-            at = max(free_from, self._next) if free_from <= self._next < start else free_from
-            if start - at >= n and at >= self._next:
+            # Free: free_from .. start; of it, what lies at or after _next.
+            at = max(free_from, self._next)
+            if start - at >= n:
                 return at
             if first is None and start - free_from >= n:
                 first = free_from
